@@ -1,0 +1,52 @@
+"""`inference-agent` command line. Each subcommand lives in the module that owns its
+work; that module provides `add_arguments(parser)` and `run(args) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, help). Command modules keep heavy imports (ONNX Runtime, gRPC,
+# boto3) inside run(), so building the parser stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("agent.commands_cli.run", "run the node agent (daemon)"),
+    "up": ("agent.commands_cli.up", "run a local cluster on embedded defaults"),
+    "render": ("agent.commands_cli.render", "render every config file once from metadata"),
+    "validate": ("agent.commands_cli.validate", "check metadata; non-zero exit with the reasons"),
+    "status": ("agent.commands_cli.status", "show the running agent's status"),
+    "serve": ("agent.serving.cli", "run the built-in model server (TF Serving's flags)"),
+    "models": ("agent.serving.models_cli", "manage built-in models"),
+    "sync": ("agent.modelstore.cli", "sync the model from the model store once"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand's own arguments."""
+    parser = argparse.ArgumentParser(prog="inference-agent", description="Inference Engine node agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if not module_name.startswith(e.name or "\0"):
+                raise
+            p.set_defaults(_missing=module_name)
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `inference-agent` console script."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"inference-agent {args.command}: not available in this build ({args._missing})", file=sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

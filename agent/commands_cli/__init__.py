@@ -1,0 +1,1 @@
+"""Subcommands of the node agent itself (run, up, render, validate, status)."""

@@ -1,0 +1,161 @@
+"""The Agent: owns every long-running task of a node and wires the modules together.
+
+    source --snapshots--> debounce --> Reconciler.apply --> files, processes,
+                                          |                  model sync, /self/cmd
+                                          +--> status (control socket, console)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from agent import log
+from agent.control import create_control_app, start_control
+from agent.files import remove_stale_staging
+from agent.metadata import Snapshot, Source
+from agent.metadata.cache import LastGoodTree, with_fallback
+from agent.metrics import Metrics
+from agent.paths import Paths
+from agent.reconcile import Reconciler
+from agent.render import admin_address
+from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState
+from agent.status import AgentStatus
+from agent.supervisor import Supervisor
+
+logger = log.get(__name__)
+
+# Quiescence against bursts of changes (consul-template's wait min/max): apply once
+# no new snapshot arrived for QUIET seconds, but never later than MAX_WAIT after the first.
+QUIET = 0.05
+MAX_WAIT = 0.5
+# While an apply is not final (a model switch in progress), re-apply this often.
+PENDING_RETRY = 0.5
+
+
+class Agent:
+    """One node's agent. `await Agent(...).run()` until cancelled; cancellation stops
+    everything it started."""
+
+    def __init__(self, paths: Paths, source: Source, *, manage_processes: bool = True, console: bool = True):
+        from agent.modelstore import ModelSyncer
+        from agent.selfcmd import CommandRunner
+
+        self.paths = paths
+        self.source = source
+        self.metrics = Metrics()
+        self.status = AgentStatus(source=source.description)
+        self.supervisor = Supervisor(paths.run, self.metrics) if manage_processes else None
+        self.reconciler = Reconciler(paths, self.status, self.metrics, self.supervisor)
+        self.syncer = ModelSyncer(paths.models, self.metrics)
+        self.commands = CommandRunner(paths.logs, paths.state, self.metrics)
+        self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
+        self._console_enabled = console
+        self._latest: Snapshot | None = None
+        self._changed = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+
+    def status_dict(self) -> dict:
+        """Current status, JSON-ready."""
+        if self.supervisor:
+            self.status.processes = self.supervisor.status()
+        self.status.model_sync = self.syncer.status()
+        self.status.source_stale_since = getattr(self.source, "stale_since", None) or self.status.source_stale_since
+        return self.status.to_dict()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        self.paths.ensure()
+        remove_stale_staging([self.paths.envoy_conf, self.paths.envoy_dynamic, self.paths.serving_conf])
+        self._runners.append(await start_control(create_control_app(self.status_dict), self.paths.control_socket))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume(), name="metadata")
+                tg.create_task(self._apply_loop(), name="reconcile")
+                tg.create_task(self.syncer.run(), name="model-sync")
+                tg.create_task(self.commands.run(), name="commands")
+        finally:
+            await asyncio.shield(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.supervisor:
+            await self.supervisor.stop_all()
+        logger.info("agent.stopped")
+
+    async def _consume(self) -> None:
+        async for snap in with_fallback(self.source, self.last_good):
+            self._latest = snap
+            self._changed.set()
+
+    async def _quiesce(self) -> None:
+        first = time.monotonic()
+        while True:
+            self._changed.clear()
+            remaining = MAX_WAIT - (time.monotonic() - first)
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(QUIET, remaining))
+            except TimeoutError:
+                return
+
+    async def _apply_loop(self) -> None:
+        while True:
+            if self.reconciler.pending:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), PENDING_RETRY)
+                except TimeoutError:
+                    pass
+            else:
+                await self._changed.wait()
+            await self._quiesce()
+            snap = self._latest
+            if snap is None:
+                continue
+            state = await self.reconciler.apply(snap)
+            if state is None:
+                continue
+            if not snap.stale:
+                await asyncio.to_thread(self.last_good.save, snap)
+            self.syncer.update(_store_config(state), state.params.model_name, state.params.model_sync_interval)
+            self.commands.submit(state.cmd)
+            if self._console_enabled and len(self._runners) == 1:
+                await self._start_console(state)
+
+    async def _start_console(self, state: ClusterState) -> None:
+        from agent.console import ConsoleContext, start_console
+
+        ctx = ConsoleContext(
+            paths=self.paths,
+            status=self.status_dict,
+            metrics=self.metrics,
+            envoy_admin_url=f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}",
+            model_server_url=f"http://{state.me.ip}:{SERVING_REST_PORT}",
+            password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
+        )
+        try:
+            self._runners.append(await start_console(ctx, state.me.ip, CONSOLE_PORT))
+        except OSError as e:
+            logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
+            self._console_enabled = False
+
+
+def _store_config(state: ClusterState):
+    from agent.modelstore import store_config_for
+
+    return store_config_for(state)
+
+
+async def run_agent(paths: Paths, source: Source, **options) -> None:
+    """Run an Agent until cancelled (the `run` and `up` commands)."""
+    await Agent(paths, source, **options).run()
+
+
+def control_socket(data_dir: Path) -> Path:
+    """The control socket of the agent using `data_dir`."""
+    return Paths(data_dir).control_socket

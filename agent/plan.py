@@ -1,0 +1,58 @@
+"""NodePlan: the desired state of this node, derived from the cluster state alone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from agent.envoy import envoy_argv
+from agent.paths import Paths
+from agent.render import RenderedFile, render_envoy, render_models_config
+from agent.state import SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role
+from agent.supervisor import ProcessSpec
+
+ENVOY = "envoy"
+MODEL_SERVER = "model_server"
+# Log file names are the seed's: operators look for them on the console.
+MODEL_SERVER_LOG = "tensorflow_serving.log"
+ENVOY_LOG = "envoy_error.log"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Files to have on disk and processes to have running on this node."""
+
+    state: ClusterState
+    files: tuple[RenderedFile, ...]
+    processes: tuple[ProcessSpec, ...]
+    serving_models: tuple[str, ...]
+
+
+def serving_threads(state: ClusterState) -> int:
+    """Model server intra-op threads: the node's CPU count from metadata, else the machine's."""
+    return state.me.cpu or os.cpu_count() or 1
+
+
+def make_plan(
+    state: ClusterState, paths: Paths, tree: Mapping[str, Any] | None, serving_models: tuple[str, ...],
+) -> NodePlan:
+    """The plan for `state`; `serving_models` is what models.config lists (model.name
+    first, plus a model being switched away from until the new one is available)."""
+    from agent.serving.backend import resolve_backend, server_argv
+
+    files = render_envoy(state, paths, tree)
+    bootstrap = files[0]
+    processes = [ProcessSpec(
+        ENVOY, tuple(envoy_argv(bootstrap.path)), paths.logs / ENVOY_LOG,
+        generation=hashlib.sha256(bootstrap.content).hexdigest()[:12],
+    )]
+    if state.me.role is Role.MODEL_SERVING:
+        files.append(render_models_config(list(serving_models), paths, tree))
+        argv = server_argv(
+            resolve_backend(state.params.serving_backend), paths.models_config, state.me.ip,
+            SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),
+        )
+        processes.append(ProcessSpec(MODEL_SERVER, tuple(argv), paths.logs / MODEL_SERVER_LOG))
+    return NodePlan(state, tuple(files), tuple(processes), serving_models)

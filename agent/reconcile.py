@@ -1,0 +1,162 @@
+"""The reconciler: snapshot -> validate -> plan -> apply. An invalid snapshot is
+rejected whole and the last good state stays live; applying the same snapshot twice
+changes nothing."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import aiohttp
+
+from agent import log
+from agent.envoy import EnvoyAdmin, check_staged
+from agent.errors import InvalidMetadata
+from agent.files import CheckFailed, replace_files
+from agent.metadata import Snapshot
+from agent.metrics import Metrics
+from agent.paths import Paths
+from agent.plan import ENVOY, NodePlan, make_plan
+from agent.render import Check, RenderedFile, admin_address
+from agent.state import ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role, parse_cluster_state
+from agent.status import AgentStatus, Rejection
+from agent.supervisor import Supervisor
+
+logger = log.get(__name__)
+
+
+async def model_available(ip: str, name: str, timeout: float = 1.0) -> bool:
+    """True when the model server on `ip` reports a version of `name` AVAILABLE."""
+    url = f"http://{ip}:{SERVING_REST_PORT}/v1/models/{name}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(url) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    return any(v.get("state") == "AVAILABLE" for v in body.get("model_version_status", []))
+
+
+def models_in_config(path: Path) -> tuple[str, ...]:
+    """Model names listed in an existing models.config (to resume a model switch after a restart)."""
+    try:
+        return tuple(re.findall(r'^\s*name:\s*"([^"]+)"', path.read_text(), re.M))
+    except OSError:
+        return ()
+
+
+class Reconciler:
+    """Applies snapshots to this node. Owned and called by the Agent, one apply at a time."""
+
+    def __init__(self, paths: Paths, status: AgentStatus, metrics: Metrics, supervisor: Supervisor | None):
+        self.paths = paths
+        self.status = status
+        self.metrics = metrics
+        self.supervisor = supervisor
+        self.state: ClusterState | None = None
+        # True while the applied state is not final yet (a model switch waiting for the
+        # new model): the agent re-applies the last snapshot shortly.
+        self.pending = False
+        self._applied_tree: dict | None = None
+        self._serving_models = models_in_config(paths.models_config)
+
+    def reject(self, snap: Snapshot, reasons: list[str]) -> None:
+        """Record a refused snapshot: logged, counted, shown in status."""
+        self.status.last_rejection = Rejection(time.time(), snap.source, snap.version, reasons)
+        self.metrics.rejected.inc()
+        self.metrics.reconciles.labels("rejected").inc()
+        logger.error("metadata.rejected", source=snap.source, version=snap.version, reasons=reasons)
+
+    async def apply(self, snap: Snapshot) -> ClusterState | None:
+        """Apply one snapshot; returns the state now in force, or None if it was rejected."""
+        self.status.received_version = snap.version
+        self.status.received_at = snap.received_at
+        if snap.error or snap.tree is None:
+            self.reject(snap, [snap.error or "no metadata"])
+            return None
+        if snap.tree == self._applied_tree and not self.pending:
+            self._mark_applied(snap)
+            return self.state
+        try:
+            state = parse_cluster_state(snap.tree)
+        except InvalidMetadata as e:
+            self.reject(snap, [str(p) for p in e.problems])
+            return None
+        started = time.monotonic()
+        plan = make_plan(state, self.paths, snap.tree, await self._serving_models_for(state))
+        try:
+            await self._apply_plan(plan)
+        except CheckFailed as e:
+            self.reject(snap, [str(e)])
+            return None
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        self.metrics.reconciles.labels("applied").inc()
+        self.metrics.last_success.set_to_current_time()
+        self.state = state
+        self._applied_tree = snap.tree
+        self._serving_models = plan.serving_models
+        self._mark_applied(snap)
+        self._update_status(state)
+        return state
+
+    def _mark_applied(self, snap: Snapshot) -> None:
+        self.status.applied_version = snap.version
+        self.status.applied_at = time.time()
+        self.status.source_stale_since = snap.received_at if snap.stale else None
+
+    async def _serving_models_for(self, state: ClusterState) -> tuple[str, ...]:
+        """models.config's list: on a model switch the old model stays loaded until the
+        new one is AVAILABLE, so requests never hit a node with neither."""
+        self.pending = False
+        if state.me.role is not Role.MODEL_SERVING:
+            return ()
+        name = state.params.model_name
+        old = tuple(m for m in self._serving_models if m != name)
+        if not old or await model_available(state.me.ip, name):
+            return (name,)
+        self.pending = True
+        logger.info("model.switch_waiting", model=name, keeping=old)
+        return (name, *old)
+
+    def admin(self, state: ClusterState) -> EnvoyAdmin:
+        """Client of this node's Envoy admin API."""
+        return EnvoyAdmin(f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}")
+
+    async def _apply_plan(self, plan: NodePlan) -> None:
+        envoy_live = self.supervisor is not None and self.supervisor.pid(ENVOY) is not None
+        previous = {f.path: _read(f.path) for f in plan.files if f.check is Check.ENVOY_DYNAMIC}
+        admin = self.admin(plan.state)
+        rejected_before = await admin.rejections() if envoy_live else (0, 0)
+        changed = await replace_files(list(plan.files), check=lambda staged: check_staged(staged, self.paths.envoy_dynamic))
+        if changed:
+            logger.info("files.replaced", files=[str(f.path.relative_to(self.paths.data_dir)) for f in changed])
+        if self.supervisor is not None:
+            await self.supervisor.ensure(list(plan.processes))
+        dynamic = {f.path.name: f for f in changed if f.check is Check.ENVOY_DYNAMIC}
+        if envoy_live and dynamic:
+            try:
+                await admin.wait_applied(
+                    dynamic["lds.yaml"].version if "lds.yaml" in dynamic else None,
+                    dynamic["cds.yaml"].version if "cds.yaml" in dynamic else None,
+                    rejected_before,
+                )
+            except CheckFailed:
+                # Envoy kept its previous config; put the files back so disk says what runs.
+                await replace_files([RenderedFile(p, c, check=Check.NONE) for p, c in previous.items() if c is not None])
+                raise
+
+    def _update_status(self, state: ClusterState) -> None:
+        self.status.node = asdict(state.me)
+        self.status.params = state.params.public()
+        active = {n.instance_id for n in state.active_serving_nodes}
+        self.status.serving_nodes = [{**asdict(n), "active": n.instance_id in active} for n in state.serving_nodes]
+        self.status.repo_node = asdict(state.repo_node) if state.repo_node else None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
