@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from agent import log
@@ -68,9 +68,12 @@ class Agent:
 
     async def run(self) -> None:
         """Run until cancelled."""
+        # Every log line of this agent (several run in one process under `up --nodes`)
+        # says which node it is about; tasks started below inherit the binding.
+        structlog.contextvars.bind_contextvars(data_dir=str(self.paths.data_dir))
         self.paths.ensure()
         remove_stale_staging([self.paths.envoy_conf, self.paths.envoy_dynamic, self.paths.serving_conf])
-        self._runners.append(await start_control(create_control_app(self.status_dict), self.paths.control_socket))
+        self._runners.append(await start_control(create_control_app(self), self.paths.control_socket))
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(), name="metadata")
@@ -120,6 +123,7 @@ class Agent:
             state = await self.reconciler.apply(snap)
             if state is None:
                 continue
+            structlog.contextvars.bind_contextvars(node=state.me.instance_id, ip=state.me.ip)
             if not snap.stale:
                 await asyncio.to_thread(self.last_good.save, snap)
             self.syncer.update(_store_config(state), state.params.model_name, state.params.model_sync_interval)
@@ -149,13 +153,3 @@ def _store_config(state: ClusterState):
     from agent.modelstore import store_config_for
 
     return store_config_for(state)
-
-
-async def run_agent(paths: Paths, source: Source, **options) -> None:
-    """Run an Agent until cancelled (the `run` and `up` commands)."""
-    await Agent(paths, source, **options).run()
-
-
-def control_socket(data_dir: Path) -> Path:
-    """The control socket of the agent using `data_dir`."""
-    return Paths(data_dir).control_socket

@@ -37,12 +37,14 @@ def serving_threads(state: ClusterState) -> int:
 
 def make_plan(
     state: ClusterState, paths: Paths, tree: Mapping[str, Any] | None, serving_models: tuple[str, ...],
+    retired_listeners: tuple[tuple[str, int], ...] = (),
 ) -> NodePlan:
     """The plan for `state`; `serving_models` is what models.config lists (model.name
-    first, plus a model being switched away from until the new one is available)."""
+    first, plus a model being switched away from until the new one is available);
+    `retired_listeners` are old public ports still in their grace period."""
     from agent.serving.backend import resolve_backend, server_argv
 
-    files = render_envoy(state, paths, tree)
+    files = render_envoy(state, paths, tree, retired_listeners)
     bootstrap = files[0]
     processes = [ProcessSpec(
         ENVOY, tuple(envoy_argv(bootstrap.path)), paths.logs / ENVOY_LOG,

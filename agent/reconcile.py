@@ -4,6 +4,7 @@ changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import asdict
@@ -26,17 +27,34 @@ from agent.supervisor import Supervisor
 
 logger = log.get(__name__)
 
+# After an http.port/grpc.port change the old port keeps accepting this long, so
+# clients can move to the new one without a refused connection; then it drains.
+PORT_GRACE = 10.0
+# On a model switch every node keeps the old model loaded until the new one is AVAILABLE
+# on every reachable serving node, then MODEL_LINGER more seconds for clients to move;
+# never longer than MODEL_SWITCH_MAX (a node that cannot load the new model).
+MODEL_LINGER = 5.0
+MODEL_SWITCH_MAX = 300.0
 
-async def model_available(ip: str, name: str, timeout: float = 1.0) -> bool:
-    """True when the model server on `ip` reports a version of `name` AVAILABLE."""
+
+async def model_state(ip: str, name: str, timeout: float = 1.0) -> bool | None:
+    """Whether the model server on `ip` reports a version of `name` AVAILABLE; None
+    when the server does not answer at all (a dead node does not hold a switch up)."""
     url = f"http://{ip}:{SERVING_REST_PORT}/v1/models/{name}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.get(url) as resp:
                 body = await resp.json(content_type=None) if resp.status == 200 else {}
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    except ValueError:
         return False
     return any(v.get("state") == "AVAILABLE" for v in body.get("model_version_status", []))
+
+
+async def model_available(ip: str, name: str) -> bool:
+    """True when the model server on `ip` reports a version of `name` AVAILABLE."""
+    return bool(await model_state(ip, name))
 
 
 def models_in_config(path: Path) -> tuple[str, ...]:
@@ -61,6 +79,9 @@ class Reconciler:
         self.pending = False
         self._applied_tree: dict | None = None
         self._serving_models = models_in_config(paths.models_config)
+        self._retired: dict[tuple[str, int], float] = {}  # (kind, port) -> monotonic deadline
+        self._switch_started: float | None = None
+        self._switch_ready_at: float | None = None
 
     def reject(self, snap: Snapshot, reasons: list[str]) -> None:
         """Record a refused snapshot: logged, counted, shown in status."""
@@ -85,7 +106,10 @@ class Reconciler:
             self.reject(snap, [str(p) for p in e.problems])
             return None
         started = time.monotonic()
-        plan = make_plan(state, self.paths, snap.tree, await self._serving_models_for(state))
+        self.pending = False
+        plan = make_plan(
+            state, self.paths, snap.tree, await self._serving_models_for(state), self._retired_listeners(state),
+        )
         try:
             await self._apply_plan(plan)
         except CheckFailed as e:
@@ -107,18 +131,44 @@ class Reconciler:
         self.status.source_stale_since = snap.received_at if snap.stale else None
 
     async def _serving_models_for(self, state: ClusterState) -> tuple[str, ...]:
-        """models.config's list: on a model switch the old model stays loaded until the
-        new one is AVAILABLE, so requests never hit a node with neither."""
-        self.pending = False
+        """models.config's list. On a model switch the old model stays loaded until the
+        new one is AVAILABLE on every reachable serving node (Envoy's health check on
+        model.name already sends traffic only to nodes that have it) and MODEL_LINGER
+        has passed, so no request meets a node without the model it asks for."""
         if state.me.role is not Role.MODEL_SERVING:
             return ()
         name = state.params.model_name
         old = tuple(m for m in self._serving_models if m != name)
-        if not old or await model_available(state.me.ip, name):
+        if not old:
+            self._switch_started = self._switch_ready_at = None
+            return (name,)
+        now = time.monotonic()
+        self._switch_started = self._switch_started or now
+        states = await asyncio.gather(*(model_state(n.ip, name) for n in state.active_serving_nodes))
+        if any(s is False for s in states) or not any(states):
+            self._switch_ready_at = None
+        else:
+            self._switch_ready_at = self._switch_ready_at or now
+        done = self._switch_ready_at is not None and now - self._switch_ready_at >= MODEL_LINGER
+        if done or now - self._switch_started > MODEL_SWITCH_MAX:
+            logger.info("model.switched", model=name, unloading=old)
+            self._switch_started = self._switch_ready_at = None
             return (name,)
         self.pending = True
-        logger.info("model.switch_waiting", model=name, keeping=old)
         return (name, *old)
+
+    def _retired_listeners(self, state: ClusterState) -> tuple[tuple[str, int], ...]:
+        """Old public ports still in their grace period after a port change."""
+        now = time.monotonic()
+        if self.state is not None:
+            old, new = self.state.params, state.params
+            for kind, before, after in (("rest", old.http_port, new.http_port), ("grpc", old.grpc_port, new.grpc_port)):
+                if before != after:
+                    self._retired[(kind, before)] = now + PORT_GRACE
+        self._retired = {k: t for k, t in self._retired.items() if t > now}
+        if self._retired:
+            self.pending = True
+        return tuple(sorted(self._retired))
 
     def admin(self, state: ClusterState) -> EnvoyAdmin:
         """Client of this node's Envoy admin API."""

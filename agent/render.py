@@ -141,7 +141,18 @@ def _version(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
-def render_envoy(state: ClusterState, paths: Paths, tree: Mapping[str, Any] | None = None) -> list[RenderedFile]:
+def public_listeners(state: ClusterState, retired: tuple[tuple[str, int], ...] = ()) -> list[tuple[str, int]]:
+    """(kind, port) of every public listener: the configured ports, then retired ones
+    still in their grace period (unless a configured port took them over)."""
+    current = [("rest", state.params.http_port), ("grpc", state.params.grpc_port)]
+    taken = {port for _, port in current}
+    return current + [(k, p) for k, p in retired if p not in taken]
+
+
+def render_envoy(
+    state: ClusterState, paths: Paths, tree: Mapping[str, Any] | None = None,
+    retired_listeners: tuple[tuple[str, int], ...] = (),
+) -> list[RenderedFile]:
     """Envoy's bootstrap and its dynamic listeners, clusters and endpoints."""
     dyn = str(paths.envoy_dynamic)
     common = {"state": state, "dynamic_dir": dyn}
@@ -175,10 +186,11 @@ def render_envoy(state: ClusterState, paths: Paths, tree: Mapping[str, Any] | No
         check=Check.ENVOY_DYNAMIC,
         version=cds_version,
     ))
-    lds_version = _version("lds", state.me.ip, str(p.http_port), str(p.grpc_port), str(p.enable_access_log))
+    listeners = public_listeners(state, retired_listeners)
+    lds_version = _version("lds", state.me.ip, str(listeners), str(p.enable_access_log))
     files.append(RenderedFile(
         paths.envoy_dynamic / "lds.yaml",
-        render_template("envoy/lds.yaml.j2", tree, version=lds_version, **lds_ctx, **common).encode(),
+        render_template("envoy/lds.yaml.j2", tree, version=lds_version, listeners=listeners, **lds_ctx, **common).encode(),
         check=Check.ENVOY_DYNAMIC,
         version=lds_version,
     ))

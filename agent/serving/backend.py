@@ -1,0 +1,55 @@
+"""Which model server a node runs (serving.backend) and its command line.
+
+Both backends read the same models.config and serve the same REST (8501) and gRPC
+(8500) APIs; `auto` prefers TF Serving where its binary is installed."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+TFSERVING = "tfserving"
+BUILTIN = "builtin"
+TFSERVING_BINARY = "tensorflow_model_server"
+
+
+def resolve_backend(setting: str) -> str:
+    """'tfserving' or 'builtin' for a serving.backend setting (auto, tfserving, builtin)."""
+    if setting == "auto":
+        return TFSERVING if shutil.which(TFSERVING_BINARY) else BUILTIN
+    if setting in (TFSERVING, BUILTIN):
+        return setting
+    raise ValueError(f"serving.backend must be auto, tfserving or builtin, got {setting!r}")
+
+
+def server_argv(
+    backend: str,
+    models_config: Path,
+    host: str,
+    grpc_port: int,
+    rest_port: int,
+    threads: int | None,
+    poll_seconds: int = 1,
+) -> list[str]:
+    """The command that runs the model server of `backend` on models_config.
+
+    tensorflow_model_server has no bind-address flag: it listens on every address."""
+    common = [
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_config_file={models_config}",
+        f"--model_config_file_poll_wait_seconds={poll_seconds}",
+        "--file_system_poll_wait_seconds=1",
+    ]
+    if backend == TFSERVING:
+        argv = [shutil.which(TFSERVING_BINARY) or TFSERVING_BINARY, *common]
+        if threads:
+            argv += [f"--tensorflow_intra_op_parallelism={threads}", f"--tensorflow_inter_op_parallelism={threads}"]
+        return argv
+    if backend == BUILTIN:
+        argv = [sys.executable, "-m", "agent", "serve", f"--host={host}", *common]
+        if threads:
+            argv.append(f"--intra_op_threads={threads}")
+        return argv
+    raise ValueError(f"unknown model server backend {backend!r}")

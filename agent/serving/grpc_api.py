@@ -1,0 +1,189 @@
+"""TF Serving's gRPC API (port 8500): tensorflow.serving.PredictionService and
+tensorflow.serving.ModelService, wire-compatible with TF Serving's clients."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from typing import Awaitable, Callable
+
+import grpc
+from google.protobuf import any_pb2
+
+import agent.log
+from agent.serving import inference, tensors
+from agent.serving.config import ConfigError, from_proto
+from agent.serving.errors import ServingError, invalid_argument
+from agent.serving.manager import ModelManager
+from agent.serving.protos import (
+    classification_pb2,
+    error_codes_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from agent.serving.servable import Servable
+
+log = agent.log.get(__name__)
+SIGNATURE_DEF_FIELD = "signature_def"
+# TF Serving accepts requests of any size; ResNet batches are tens of MB.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def _spec_target(spec: model_pb2.ModelSpec) -> tuple[str, int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    label = spec.version_label if choice == "version_label" else None
+    return spec.name, version, label
+
+
+def _answer_spec(servable: Servable, signature_name: str, out: model_pb2.ModelSpec) -> None:
+    out.name = servable.name
+    out.version.value = servable.version
+    out.signature_name = signature_name
+
+
+def _examples(request_input) -> tuple[list[dict], dict | None]:
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [inference.example_features(e) for e in request_input.example_list.examples], None
+    if kind == "example_list_with_context":
+        lwc = request_input.example_list_with_context
+        return [inference.example_features(e) for e in lwc.examples], inference.example_features(lwc.context)
+    raise invalid_argument("Input is empty.")
+
+
+class _Base:
+    def __init__(self, manager: ModelManager, executor: Executor):
+        self._manager = manager
+        self._executor = executor
+
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable]):
+        try:
+            return await fn()
+        except ServingError as e:
+            await context.abort(e.grpc_status, e.message)
+        except Exception as e:
+            log.exception("gRPC request failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+
+    async def _off_loop(self, work: Callable):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+
+class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict, Classify, Regress and GetModelMetadata."""
+
+    async def _infer(self, context, request, work: Callable):
+        async def run():
+            servable = self._manager.servable(*_spec_target(request.model_spec))
+            return await self._off_loop(lambda: work(servable, request))
+
+        return await self._call(context, run)
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context):
+        """Run a signature on the request's tensors."""
+        return await self._infer(context, request, _predict)
+
+    async def Classify(self, request: classification_pb2.ClassificationRequest, context):
+        """Classify tf.Examples with a classify signature."""
+        return await self._infer(context, request, _classify)
+
+    async def Regress(self, request: regression_pb2.RegressionRequest, context):
+        """Regress tf.Examples with a regress signature."""
+        return await self._infer(context, request, _regress)
+
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
+        """The model's signature_def map (the only metadata field TF Serving knows)."""
+
+        async def run():
+            if not request.metadata_field:
+                raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in request.metadata_field:
+                if field != SIGNATURE_DEF_FIELD:
+                    raise invalid_argument(f"Metadata field {field} is not supported")
+            servable = self._manager.servable(*_spec_target(request.model_spec))
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            _answer_spec(servable, "", response.model_spec)
+            packed = any_pb2.Any()
+            packed.Pack(inference.signature_def_map(servable))
+            response.metadata[SIGNATURE_DEF_FIELD].CopyFrom(packed)
+            return response
+
+        return await self._call(context, run)
+
+
+class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus and HandleReloadConfigRequest."""
+
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
+        """States of a model's versions."""
+
+        async def run():
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for s in self._manager.status(*_spec_target(request.model_spec)):
+                entry = response.model_version_status.add(version=s.version, state=s.state)
+                entry.status.error_code = s.error_code
+                entry.status.error_message = s.error_message
+            return response
+
+        return await self._call(context, run)
+
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+        """Serve the given config; answers once its models are loaded and the old ones unloaded."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            configs = from_proto(request.config, "ReloadConfigRequest")
+        except ConfigError as e:
+            response.status.error_code = error_codes_pb2.INVALID_ARGUMENT
+            response.status.error_message = str(e)
+            return response
+        await self._manager.apply(configs)
+        response.status.error_code = error_codes_pb2.OK
+        return response
+
+
+def _predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    signature = inference.signature_of(servable, request.model_spec.signature_name)
+    arrays = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
+    outputs = inference.predict(servable, signature, arrays, list(request.output_filter))
+    response = predict_pb2.PredictResponse()
+    _answer_spec(servable, signature.name, response.model_spec)
+    for alias, array in outputs.items():
+        tensors.from_ndarray(array, response.outputs[alias])
+    return response
+
+
+def _classify(servable: Servable, request: classification_pb2.ClassificationRequest):
+    examples, context = _examples(request.input)
+    signature = inference.signature_of(servable, request.model_spec.signature_name)
+    results = inference.classify(servable, signature.name, examples, context)
+    response = classification_pb2.ClassificationResponse()
+    _answer_spec(servable, signature.name, response.model_spec)
+    for row in results:
+        classifications = response.result.classifications.add()
+        for label, score in row:
+            classifications.classes.add(label=label, score=score)
+    return response
+
+
+def _regress(servable: Servable, request: regression_pb2.RegressionRequest):
+    examples, context = _examples(request.input)
+    signature = inference.signature_of(servable, request.model_spec.signature_name)
+    values = inference.regress(servable, signature.name, examples, context)
+    response = regression_pb2.RegressionResponse()
+    _answer_spec(servable, signature.name, response.model_spec)
+    for value in values:
+        response.result.regressions.add(value=value)
+    return response
+
+
+def add_services(server: grpc.aio.Server, manager: ModelManager, executor: Executor) -> None:
+    """Register both TF Serving services on a gRPC server."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, executor), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), server)

@@ -1,0 +1,175 @@
+"""Which model versions are loaded, and the rules for changing that.
+
+The desired state is models.config plus the version directories on disk, filtered by
+each model's version policy. A reconcile loads every wanted version first and only then
+unloads what is no longer wanted, so a model switch or a new version never leaves a
+gap: the old version keeps serving until its successor is AVAILABLE (or has failed).
+A version that fails to load is reported as END with its error and retried only when
+its files change; other versions and models are not disturbed."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import agent.log
+from agent.serving import versions as version_dirs
+from agent.serving.config import ModelConfig
+from agent.serving.errors import invalid_argument, not_found
+from agent.serving.protos import error_codes_pb2 as codes
+from agent.serving.protos.get_model_status_pb2 import ModelVersionStatus
+from agent.serving.servable import LoadError, Servable
+
+log = agent.log.get(__name__)
+
+LOADING = ModelVersionStatus.LOADING
+AVAILABLE = ModelVersionStatus.AVAILABLE
+END = ModelVersionStatus.END
+
+Loader = Callable[[str, int, Path], Servable]
+
+
+@dataclass
+class _Version:
+    version: int
+    state: int
+    path: Path
+    fingerprint: tuple
+    servable: Servable | None = None
+    error_code: int = codes.OK
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version's state as GetModelStatus reports it."""
+
+    version: int
+    state: int
+    error_code: int = codes.OK
+    error_message: str = ""
+
+
+class ModelManager:
+    """Owns the loaded servables; all methods run on the event loop, loads in `executor`."""
+
+    def __init__(self, loader: Loader, executor: Executor):
+        self._loader = loader
+        self._executor = executor
+        self._configs: dict[str, ModelConfig] = {}
+        self._versions: dict[str, dict[int, _Version]] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def configs(self) -> list[ModelConfig]:
+        """The model configs in force."""
+        return list(self._configs.values())
+
+    async def apply(self, configs: list[ModelConfig]) -> None:
+        """Serve exactly these models; returns once new versions are loaded and old ones unloaded."""
+        self._configs = {c.name: c for c in configs}
+        log.info("models config applied", models=sorted(self._configs))
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Bring the loaded versions in line with the configs and the version directories."""
+        async with self._lock:
+            configs = dict(self._configs)
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(
+                self._executor, lambda: {n: version_dirs.discover(c.base_path) for n, c in configs.items()}
+            )
+            wanted = {n: {v: found[n][v] for v in c.policy.select(set(found[n]))} for n, c in configs.items()}
+            loads = []
+            for name, dirs in wanted.items():
+                states = self._versions.setdefault(name, {})
+                for number, vdir in sorted(dirs.items()):
+                    current = states.get(number)
+                    if current is not None and current.state in (LOADING, AVAILABLE):
+                        continue
+                    if current is not None and current.error and current.fingerprint == vdir.fingerprint:
+                        continue  # failed before, files unchanged: do not retry
+                    states[number] = _Version(number, LOADING, vdir.path, vdir.fingerprint)
+                    loads.append(self._load(name, states[number]))
+            if loads:
+                await asyncio.gather(*loads)
+            self._unload_unwanted(configs, found, wanted)
+
+    async def _load(self, name: str, version: _Version) -> None:
+        log.info("loading model version", model=name, version=version.version, path=str(version.path))
+        loop = asyncio.get_running_loop()
+        try:
+            servable = await loop.run_in_executor(self._executor, self._loader, name, version.version, version.path)
+        except LoadError as e:
+            version.state, version.error_code, version.error = END, e.code, str(e)
+        except Exception as e:  # a runtime crashing on a bad file must not take the server down
+            version.state, version.error_code, version.error = END, codes.UNKNOWN, f"{version.path}: {e!r}"
+        else:
+            version.servable, version.state = servable, AVAILABLE
+            log.info("model version available", model=name, version=version.version, runtime=servable.runtime)
+            return
+        log.error("model version failed to load", model=name, version=version.version, error=version.error)
+
+    def _unload_unwanted(self, configs: dict[str, ModelConfig], found: dict, wanted: dict) -> None:
+        for name in list(self._versions):
+            states = self._versions[name]
+            keep = wanted.get(name, {})
+            successor_up = any(states[v].state == AVAILABLE for v in keep if v in states)
+            for number, version in list(states.items()):
+                if number in keep:
+                    continue
+                if version.state == AVAILABLE:
+                    dir_present = number in found.get(name, {})
+                    if name in configs and dir_present and not successor_up:
+                        continue  # keep serving until a wanted version is up
+                    version.state, version.servable = END, None
+                    log.info("model version unloaded", model=name, version=number)
+                elif version.error:
+                    del states[number]  # a failed version no longer wanted is forgotten
+            if name not in configs and all(v.state == END for v in states.values()):
+                del self._versions[name]
+
+    async def close(self) -> None:
+        """Unload everything."""
+        async with self._lock:
+            self._versions.clear()
+
+    def _label_version(self, name: str, label: str) -> int:
+        config = self._configs.get(name)
+        number = config.label_version(label) if config else None
+        if number is None:
+            raise invalid_argument(f"Unrecognized servable version label: {label}")
+        return number
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The AVAILABLE servable for a request: a version, a label, or the latest one."""
+        states = self._versions.get(name, {})
+        if version is None and label is None:
+            available = [v for v in states.values() if v.state == AVAILABLE]
+            if not available:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            return max(available, key=lambda v: v.version).servable
+        if label is not None:
+            version = self._label_version(name, label)
+        current = states.get(version)
+        if current is None or current.state != AVAILABLE:
+            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+        return current.servable
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        """Every known version of a model (newest first), or one version."""
+        states = self._versions.get(name, {})
+        if label is not None:
+            version = self._label_version(name, label)
+        if version is not None:
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            picked = [states[version]]
+        else:
+            if not states:
+                raise not_found(f"Could not find any versions of model {name}")
+            picked = sorted(states.values(), key=lambda v: v.version, reverse=True)
+        return [VersionStatus(v.version, v.state, v.error_code, v.error) for v in picked]

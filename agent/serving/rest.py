@@ -1,0 +1,137 @@
+"""TF Serving's REST API (port 8501) on aiohttp.
+
+  POST /v1/models/<name>[/versions/<v> | /labels/<l>]:(predict|classify|regress)
+  GET  /v1/models/<name>[/versions/<v> | /labels/<l>]            model status
+  GET  /v1/models/<name>[/versions/<v> | /labels/<l>]/metadata   signatures
+
+The servable is picked on the event loop; parsing, inference and serializing happen in
+one hop to the inference executor."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import Executor
+from urllib.parse import unquote
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from agent.serving import inference, rest_codec
+import agent.log
+from agent.serving.errors import ServingError, internal, invalid_argument
+from agent.serving.manager import ModelManager
+from agent.serving.protos import get_model_status_pb2, model_pb2
+
+# TF Serving's own path patterns (model_servers/http_rest_api_util.cc).
+_PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I
+)
+_STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+_JSON = "application/json"
+log = agent.log.get(__name__)
+MAX_BODY = 1 << 30
+
+
+def _reply(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type=_JSON)
+
+
+def _error(e: ServingError) -> web.Response:
+    return _reply(e.http_status, rest_codec.error_body(e.message))
+
+
+def _target(match: re.Match) -> tuple[str, int | None, str | None]:
+    name = unquote(match.group(1) or "")
+    version = int(match.group(2)) if match.group(2) else None
+    label = unquote(match.group(3)) if match.group(3) else None
+    return name, version, label
+
+
+class RestApi:
+    """The REST handlers over one model manager."""
+
+    def __init__(self, manager: ModelManager, executor: Executor):
+        self._manager = manager
+        self._executor = executor
+
+    def app(self) -> web.Application:
+        """The aiohttp application."""
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Dispatch one request by method and path, as TF Serving does."""
+        path = request.path
+        try:
+            if request.method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
+                body = await request.read()
+                return await self._post(m.group(4).lower(), *_target(m), body)
+            if request.method == "GET" and (m := _STATUS_PATH.fullmatch(path)):
+                name, version, label = _target(m)
+                if not name:
+                    raise invalid_argument("Missing model name in request.")
+                if m.group(4):
+                    return self._metadata(name, version, label)
+                return self._status(name, version, label)
+            raise invalid_argument(f"Malformed request: {request.method} {path}")
+        except ServingError as e:
+            return _error(e)
+
+    async def _post(self, method: str, name: str, version: int | None, label: str | None, body: bytes) -> web.Response:
+        servable = self._manager.servable(name, version, label)
+        work = {"predict": _predict, "classify": _classify, "regress": _regress}[method]
+        loop = asyncio.get_running_loop()
+        try:
+            return _reply(200, await loop.run_in_executor(self._executor, work, servable, body))
+        except ServingError as e:
+            return _error(e)
+        except Exception as e:
+            log.exception("request failed", model=name, method=method)
+            return _error(internal(f"{type(e).__name__}: {e}"))
+
+    def _status(self, name: str, version: int | None, label: str | None) -> web.Response:
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for s in self._manager.status(name, version, label):
+            entry = response.model_version_status.add(version=s.version, state=s.state)
+            entry.status.error_code = s.error_code
+            entry.status.error_message = s.error_message
+        text = json_format.MessageToJson(
+            response, always_print_fields_with_no_presence=True, preserving_proto_field_name=True, indent=1
+        )
+        return _reply(200, text.encode())
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
+        servable = self._manager.servable(name, version, label)
+        spec = model_pb2.ModelSpec(name=servable.name)
+        spec.version.value = servable.version
+        opts = dict(always_print_fields_with_no_presence=True, preserving_proto_field_name=True, indent=1)
+        spec_json = json_format.MessageToJson(spec, **opts)
+        sigs_json = json_format.MessageToJson(inference.signature_def_map(servable), **opts)
+        # TF Serving writes the signature map unpacked from its Any, under metadata.signature_def.
+        text = '{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + sigs_json + "}\n}\n"
+        return _reply(200, text.encode())
+
+
+def _predict(servable, body: bytes) -> bytes:
+    doc = rest_codec.loads(body)
+    signature = inference.signature_of(servable, rest_codec.signature_name(doc))
+    arrays, form = rest_codec.request_arrays(doc, signature)
+    outputs = inference.predict(servable, signature, arrays)
+    return rest_codec.predict_response(outputs, form)
+
+
+def _classify(servable, body: bytes) -> bytes:
+    doc = rest_codec.loads(body)
+    examples, context = rest_codec.examples_request(doc)
+    results = inference.classify(servable, rest_codec.signature_name(doc), examples, context)
+    return rest_codec.dumps({"results": [[[label, score] for label, score in row] for row in results]})
+
+
+def _regress(servable, body: bytes) -> bytes:
+    doc = rest_codec.loads(body)
+    examples, context = rest_codec.examples_request(doc)
+    return rest_codec.dumps({"results": inference.regress(servable, rest_codec.signature_name(doc), examples, context)})
+
+

@@ -1,0 +1,153 @@
+"""The built-in model server process: the model manager, its config and version
+watchers, the REST API and the gRPC API, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+import agent.log
+from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, parse_models_config
+from agent.serving.grpc_api import CHANNEL_OPTIONS, add_services
+from agent.serving.loader import load_servable
+from agent.serving.manager import ModelManager
+from agent.serving.rest import RestApi
+
+log = agent.log.get(__name__)
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What `inference-agent serve` was asked for (TF Serving's flags)."""
+
+    host: str = "0.0.0.0"
+    grpc_port: int = 8500
+    rest_port: int = 8501
+    models_config: Path | None = None
+    config_poll_seconds: float = 0
+    fs_poll_seconds: float = 1
+    threads: int = 0  # intra-op threads per inference; 0 = the CPU count
+    model_name: str = "default"
+    model_base_path: Path | None = None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ModelServer:
+    """One running server; `start` opens both ports, then models load in the background."""
+
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        threads = options.threads or cpu_count()
+        self._threads = threads
+        # Inference: a few runs may overlap (small models, request parsing); each run
+        # already spreads over `threads` cores inside ONNX Runtime.
+        self._inference = ThreadPoolExecutor(max_workers=max(4, threads), thread_name_prefix="inference")
+        self._loading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loading")
+        self.manager = ModelManager(self._load, self._loading)
+        self._runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._config_text: str | None = None
+
+    def _load(self, name: str, version: int, path: Path):
+        return load_servable(name, version, path, self._threads)
+
+    async def start(self) -> None:
+        """Listen on the REST and gRPC ports and begin loading the configured models."""
+        o = self.options
+        if o.rest_port:  # 0 disables REST, as in tensorflow_model_server
+            self._runner = web.AppRunner(RestApi(self.manager, self._inference).app(), access_log=None, shutdown_timeout=5)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, o.host, o.rest_port, reuse_address=True).start()
+        self._grpc = grpc.aio.server(options=CHANNEL_OPTIONS)
+        add_services(self._grpc, self.manager, self._inference)
+        if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
+            raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
+        await self._grpc.start()
+        log.info("model server listening", host=o.host, grpc_port=o.grpc_port, rest_port=o.rest_port, threads=self._threads)
+        self._tasks.append(asyncio.create_task(self._initial_load(), name="initial-load"))
+        if o.models_config is not None and o.config_poll_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._watch_config(), name="watch-config"))
+        if o.fs_poll_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._watch_versions(), name="watch-versions"))
+
+    async def _read_config(self) -> list[ModelConfig] | None:
+        """The config file's models if its text changed and parses; None otherwise."""
+        path = self.options.models_config
+        assert path is not None
+        try:
+            text = await asyncio.to_thread(path.read_text)
+        except OSError as e:
+            if self._config_text != "":
+                log.error("cannot read models config", path=str(path), error=e.strerror or str(e))
+            self._config_text = ""
+            return None
+        if text == self._config_text:
+            return None
+        self._config_text = text
+        try:
+            return parse_models_config(text, str(path))
+        except ConfigError as e:
+            log.error("models config rejected, keeping the models in force", error=str(e))
+            return None
+
+    async def _initial_load(self) -> None:
+        o = self.options
+        if o.models_config is not None:
+            configs = await self._read_config()
+        elif o.model_base_path is not None:
+            configs = [ModelConfig(o.model_name, o.model_base_path.absolute(), "tensorflow", VersionPolicy())]
+        else:
+            configs = []
+        if configs is not None:
+            await self.manager.apply(configs)
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.config_poll_seconds)
+            try:
+                configs = await self._read_config()
+                if configs is not None:
+                    await self.manager.apply(configs)
+            except Exception:
+                log.exception("models config reload failed")
+
+    async def _watch_versions(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.fs_poll_seconds)
+            try:
+                await self.manager.reconcile()
+            except Exception:
+                log.exception("version scan failed")
+
+    async def stop(self) -> None:
+        """Stop accepting requests, let in-flight ones finish briefly, unload everything."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=5)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.manager.close()
+        self._inference.shutdown(wait=False, cancel_futures=True)
+        self._loading.shutdown(wait=False, cancel_futures=True)
+        log.info("model server stopped")

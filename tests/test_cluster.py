@@ -1,0 +1,204 @@
+"""The cluster: three nodes on their own loopback addresses, real Envoy and the built-in
+server on each. Clients call one node; scaling, model switches, restarts and config
+changes happen under load with no failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import os
+import re
+import shutil
+import signal
+import time
+
+import pytest
+
+from agent.commands_cli.up import cluster_trees
+from tests.load import Load
+from tests.node import Node, http, predict, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class Cluster:
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+
+    @property
+    def entry(self) -> Node:
+        return self.nodes[0]
+
+    def update_all(self, change) -> None:
+        """Apply `change(tree)` to every node's metadata."""
+        for n in self.nodes:
+            tree = copy.deepcopy(n.tree)
+            change(tree)
+            n.update(tree)
+
+    def healthy_upstreams(self, node: Node | None = None, cluster: str = "serving_rest") -> set[str]:
+        node = node or self.entry
+        out = set()
+        for c in node.envoy_clusters().get("cluster_statuses", []):
+            if c["name"] == cluster:
+                for h in c.get("host_statuses", []):
+                    if h["health_status"].get("eds_health_status") == "HEALTHY" and len(h["health_status"]) == 1:
+                        out.add(h["address"]["socket_address"]["address"])
+        return out
+
+
+def start_nodes(ips, tmp_path, **env) -> list[Node]:
+    nodes = []
+    for k, tree in enumerate(cluster_trees(ips, **env), start=1):
+        d = tmp_path / f"node{k}"
+        d.mkdir()
+        n = Node(d, tree)
+        n.install_models()
+        nodes.append(n.start())
+    for n in nodes:
+        n.wait_serving()
+    return nodes
+
+
+@pytest.fixture
+def cluster(ip_factory, tmp_path):
+    nodes = start_nodes([ip_factory() for _ in range(3)], tmp_path, **{"enable.access.log": "true"})
+    c = Cluster(nodes)
+    wait_for(lambda: c.healthy_upstreams() == {n.ip for n in nodes}, 15, 0.2, "all nodes healthy")
+    yield c
+    for n in c.nodes:
+        n.stop()
+
+
+def upstream_counts(node: Node, cluster: str) -> collections.Counter:
+    text = (node.data_dir / "logs" / "envoy.log").read_text()
+    return collections.Counter(re.findall(rf"upstream=([\d.]+):\d+ cluster={cluster}", text))
+
+
+def assert_even(counts: collections.Counter, ips: list[str], total: int) -> None:
+    assert set(counts) == set(ips), counts
+    for ip in ips:
+        assert abs(counts[ip] - total / len(ips)) <= 0.1 * total / len(ips), counts
+
+
+def test_rest_and_grpc_requests_spread_evenly_across_all_nodes(cluster):
+    import grpc
+    import numpy as np
+
+    from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
+    from agent.serving.tensors import from_ndarray
+
+    ips = [n.ip for n in cluster.nodes]
+    for _ in range(300):
+        assert predict(cluster.entry.ip)[0] == 200
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(from_ndarray(np.array([1.0], dtype=np.float32)))
+    with grpc.insecure_channel(f"{cluster.entry.ip}:8081") as channel:  # one HTTP/2 connection
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for _ in range(300):
+            assert list(stub.Predict(request, timeout=10).outputs["y"].float_val) == [2.5]
+    time.sleep(1.5)  # access log flush
+    assert_even(upstream_counts(cluster.entry, "serving_rest"), ips, 300)
+    assert_even(upstream_counts(cluster.entry, "serving_grpc"), ips, 300)
+
+
+async def test_scale_out_and_in_under_load_fails_no_request(cluster, ip_factory, tmp_path):
+    new_ip = ip_factory()
+    ips = [n.ip for n in cluster.nodes] + [new_ip]
+    trees = cluster_trees(ips, **{"enable.access.log": "true"})
+    new_id = trees[3]["host"]["instance_id"]
+    async with Load(cluster.entry.ip) as load:
+        await load.wait_requests(50)
+        # Scale out: the new node appears in /hosts and /adding-hosts everywhere.
+        adding = {"model_serving": {new_id: trees[3]["host"]}}
+        for n, tree in zip(cluster.nodes, trees):
+            n.update(dict(tree, **{"adding-hosts": adding}))
+        d = tmp_path / "node4"
+        d.mkdir()
+        node4 = Node(d, dict(trees[3], **{"adding-hosts": adding}))
+        node4.install_models()
+        cluster.nodes.append(node4.start())
+        await asyncio.to_thread(wait_for, lambda: cluster.healthy_upstreams() == set(ips), 60, 0.2, "node4 healthy")
+        await load.wait_requests(200)
+        for n, tree in zip(cluster.nodes, trees):
+            n.update(tree)  # scale-out done: /adding-hosts cleared
+        await load.wait_requests(50)
+
+        # Scale in: node4 listed in /deleting-hosts (still in /hosts), drained everywhere, then stopped.
+        deleting = {"model_serving": {new_id: trees[3]["host"]}}
+        for n, tree in zip(cluster.nodes, trees):
+            n.update(dict(tree, **{"deleting-hosts": deleting}))
+        await asyncio.to_thread(wait_for, lambda: all(new_ip not in n.upstream_hosts() for n in cluster.nodes),
+                                5, 0.1, "node4 drained")
+        await load.wait_requests(50)
+        cluster.nodes.pop().stop()
+        for n, tree in zip(cluster.nodes, cluster_trees(ips[:3], **{"enable.access.log": "true"})):
+            n.update(tree)
+        await load.wait_requests(100)
+    assert load.result.failed == 0, load.result
+    served_by_node4 = upstream_counts(cluster.entry, "serving_rest")[new_ip]
+    assert served_by_node4 > 0
+
+
+async def test_model_switch_under_load_fails_no_request(cluster):
+    # A second model, uploaded under its own name (a copy of half_plus_two).
+    for n in cluster.nodes:
+        shutil.copytree(n.data_dir / "models" / "half_plus_two", n.data_dir / "models" / "half_plus_three")
+    async with Load(cluster.entry.ip, concurrency=3) as old_clients:
+        await old_clients.wait_requests(50)
+        cluster.update_all(lambda t: t["env"].update({"model.name": "half_plus_three"}))
+        # Clients move to the new name once the cluster says it is available.
+        await asyncio.to_thread(wait_for, lambda: b"AVAILABLE" in http(
+            "GET", f"http://{cluster.entry.ip}:8080/v1/models/half_plus_three")[1], 60, 0.2, "new model available")
+        async with Load(cluster.entry.ip, model="half_plus_three", concurrency=3) as new_clients:
+            await new_clients.wait_requests(100)
+            old_clients._stop.set()
+            await asyncio.to_thread(wait_for, lambda: all(
+                http("GET", f"http://{n.ip}:8501/v1/models/half_plus_two")[0] == 404 for n in cluster.nodes),
+                60, 0.2, "old model unloaded everywhere")
+            await new_clients.wait_requests(100)
+    assert old_clients.result.failed == 0, old_clients.result
+    assert new_clients.result.failed == 0, new_clients.result
+
+
+async def test_agent_restart_access_log_toggle_and_port_change_fail_no_request(cluster):
+    entry = cluster.entry
+    async with Load(entry.ip) as load:
+        await load.wait_requests(50)
+        # An agent restart (kill -9 and start again) on the entry node.
+        entry.proc.send_signal(signal.SIGKILL)
+        entry.proc.wait()
+        await load.wait_requests(50)
+        entry.start()
+        await asyncio.to_thread(wait_for, lambda: entry.status()["up_to_date"], 30, 0.2, "agent back")
+        await load.wait_requests(50)
+        # Access log off and on.
+        for value in ("false", "true"):
+            cluster.update_all(lambda t: t["env"].update({"enable.access.log": value}))
+            await asyncio.to_thread(wait_for, lambda: entry.status()["params"]["enable.access.log"] == (value == "true"),
+                                    10, 0.1, "access log toggle")
+            await load.wait_requests(50)
+        # http.port change: clients move to the new port; the old one drains.
+        cluster.update_all(lambda t: t["env"].update({"http.port": "8082"}))
+        await asyncio.to_thread(wait_for, lambda: predict(entry.ip, 8082)[0] == 200, 10, 0.1, "new port")
+        load.port = 8082
+        await load.wait_requests(100)
+    assert load.result.failed == 0, load.result
+
+
+async def test_killed_model_server_is_routed_around_and_rejoins(cluster):
+    victim = cluster.nodes[2]
+    ips = {n.ip for n in cluster.nodes}
+    async with Load(cluster.entry.ip, concurrency=4) as load:
+        await load.wait_requests(100)
+        pid = victim.status()["processes"]["model_server"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await asyncio.to_thread(wait_for, lambda: victim.ip not in cluster.healthy_upstreams(), 5, 0.05, "victim ejected")
+        assert time.monotonic() - killed_at <= 5
+        await load.wait_requests(200)
+        await asyncio.to_thread(wait_for, lambda: cluster.healthy_upstreams() == ips, 60, 0.2, "victim rejoined")
+        await load.wait_requests(100)
+    assert load.result.failed <= 0.001 * (load.result.ok + load.result.failed), load.result

@@ -1,0 +1,178 @@
+"""The built-in model server's gRPC API (8500): TF Serving's PredictionService and
+ModelService over the wire, with the same numbers as REST."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from agent.serving import tensors
+from agent.serving.protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from tests.serving_support import Server, copy_builtin, jpeg_bytes, predict_half_plus_two, write_config
+
+OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpc")
+    models = root / "models"
+    copy_builtin(models, "half_plus_two")
+    copy_builtin(models, "resnet")
+    config = root / "models.config"
+    write_config(config, [{"name": "half_plus_two", "base_path": models / "half_plus_two"},
+                          {"name": "resnet", "base_path": models / "resnet"}])
+    s = Server(config).start()
+    s.models = models
+    s.wait_available("half_plus_two")
+    s.wait_available("resnet")
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture
+def channel(server):
+    with grpc.insecure_channel(server.grpc_target, options=OPTIONS) as ch:
+        yield ch
+
+
+def predict_request(model: str, inputs: dict, signature: str = "", version: int | None = None):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    for alias, proto in inputs.items():
+        request.inputs[alias].CopyFrom(proto)
+    return request
+
+
+def test_predict_returns_the_same_numbers_as_rest(server, channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    x = tensors.from_ndarray(np.array([1.0, 2.0, 5.0], dtype=np.float32))
+    response = stub.Predict(predict_request("half_plus_two", {"x": x}))
+    assert list(response.outputs["y"].float_val) == predict_half_plus_two(server)[1] == [2.5, 3.0, 4.5]
+    assert response.model_spec.name == "half_plus_two"
+    assert response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "serving_default"
+    # tensor_content (what tf.make_tensor_proto sends for big arrays) works the same.
+    packed = tensors.from_ndarray_content(np.array([[1.0], [2.0]], dtype=np.float32))
+    response = stub.Predict(predict_request("half_plus_two", {"x": packed}, version=1))
+    np.testing.assert_array_equal(tensors.to_ndarray(response.outputs["y"]), [[2.5], [3.0]])
+
+
+def test_resnet_takes_jpeg_strings_and_raw_pixel_batches(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    jpeg = tensors.from_ndarray(np.array([jpeg_bytes()], dtype=object))
+    response = stub.Predict(predict_request("resnet", {"image_bytes": jpeg}))
+    assert len(response.outputs["probabilities"].float_val) == 1000
+    pixels = np.random.default_rng(1).integers(0, 255, (2, 224, 224, 3), dtype=np.uint8)
+    response = stub.Predict(predict_request("resnet", {"image_bytes": tensors.from_ndarray_content(pixels)}))
+    assert tensors.to_ndarray(response.outputs["probabilities"]).shape == (2, 1000)
+    assert tensors.to_ndarray(response.outputs["classes"]).shape == (2,)
+
+
+def test_predict_errors_carry_tf_serving_codes(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    x = tensors.from_ndarray(np.array([1.0], dtype=np.float32))
+    cases = [
+        (predict_request("nope", {"x": x}), grpc.StatusCode.NOT_FOUND, "Servable not found"),
+        (predict_request("half_plus_two", {"x": x}, version=3), grpc.StatusCode.NOT_FOUND, "Specific(half_plus_two, 3)"),
+        (predict_request("half_plus_two", {"x": tensors.from_ndarray(np.array([1.0]))}),
+         grpc.StatusCode.INVALID_ARGUMENT, "expects float32 but float64"),
+        (predict_request("half_plus_two", {"z": x}), grpc.StatusCode.INVALID_ARGUMENT, "Missing but required: {x}"),
+        (predict_request("half_plus_two", {"x": x}, signature="nope"), grpc.StatusCode.INVALID_ARGUMENT, "not found"),
+        (predict_request("resnet", {"image_bytes": tensors.from_ndarray_content(np.zeros((1, 3, 224, 224), np.uint8))}),
+         grpc.StatusCode.INVALID_ARGUMENT, "expects shape"),
+    ]
+    label = predict_request("half_plus_two", {"x": x})
+    label.model_spec.version_label = "canary"
+    cases.append((label, grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label"))
+    for request, code, text in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request)
+        assert err.value.code() == code and text in err.value.details(), err.value.details()
+
+
+def test_classify_and_regress(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "classify_x_to_y"
+    for value in (1.0, 3.0):
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.append(value)
+    result = stub.Classify(request).result
+    assert [[(c.label, c.score) for c in cl.classes] for cl in result.classifications] == [[("", 2.5)], [("", 3.5)]]
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "regress_x_to_y"
+    request.input.example_list_with_context.context.features.feature["x"].float_list.value.append(4.0)
+    request.input.example_list_with_context.examples.add()
+    assert [r.value for r in stub.Regress(request).result.regressions] == [4.0]
+
+
+def test_model_metadata_and_status(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "half_plus_two"
+    response = stub.GetModelMetadata(request)
+    assert response.model_spec.version.value == 1
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(sig_map)
+    assert set(sig_map.signature_def) == {"serving_default", "classify_x_to_y", "regress_x_to_y"}
+    assert sig_map.signature_def["serving_default"].inputs["x"].dtype == 1  # DT_FLOAT
+
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "resnet"
+    (status,) = models.GetModelStatus(status_request).model_version_status
+    assert (status.version, status.state) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+    status_request.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as err:
+        models.GetModelStatus(status_request)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reload_config_request_switches_models(server, channel):
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = model_management_pb2.ReloadConfigRequest()
+    config = request.config.model_config_list.config.add()
+    config.name, config.base_path, config.model_platform = "hpt", str(server.models / "half_plus_two"), "tensorflow"
+    config = request.config.model_config_list.config.add()
+    config.name, config.base_path = "resnet", str(server.models / "resnet")
+    assert models.HandleReloadConfigRequest(request).status.error_code == 0
+    # The reply comes once the new model is loaded and the dropped one unloaded.
+    assert predict_half_plus_two(server, "hpt")[0] == 200
+    assert predict_half_plus_two(server, "half_plus_two")[0] == 404
+    request.config.model_config_list.config[0].name = "half_plus_two"
+    assert models.HandleReloadConfigRequest(request).status.error_code == 0
+    assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
+    bad = model_management_pb2.ReloadConfigRequest()
+    bad.config.model_config_list.config.add(name="x")
+    response = models.HandleReloadConfigRequest(bad)
+    assert response.status.error_code == 3 and "base_path" in response.status.error_message
+    assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
+
+
+def test_predict_on_a_classify_signature_takes_serialized_examples(channel):
+    from agent.serving.protos import example_pb2
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    examples = []
+    for value in (2.0, 6.0):
+        example = example_pb2.Example()
+        example.features.feature["x"].float_list.value.append(value)
+        examples.append(example.SerializeToString())
+    blobs = tensors.from_ndarray(np.array(examples, dtype=object))
+    response = stub.Predict(predict_request("half_plus_two", {"inputs": blobs}, signature="classify_x_to_y"))
+    np.testing.assert_array_equal(tensors.to_ndarray(response.outputs["scores"]), [[3.0], [5.0]])
