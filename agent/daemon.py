@@ -63,7 +63,8 @@ class Agent:
         if self.supervisor:
             self.status.processes = self.supervisor.status()
         self.status.model_sync = self.syncer.status()
-        self.status.source_stale_since = getattr(self.source, "stale_since", None) or self.status.source_stale_since
+        if hasattr(self.source, "stale_since"):  # live sources know when they lost their server
+            self.status.source_stale_since = self.source.stale_since
         return self.status.to_dict()
 
     async def run(self) -> None:

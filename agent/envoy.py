@@ -41,6 +41,8 @@ def envoy_argv(bootstrap: Path) -> list[str]:
     return [
         envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart",
         "--drain-time-s", str(DRAIN_SECONDS), "--log-level", "warn",
+        # Access-log lines reach envoy.log (and the console) within a second, not Envoy's default 10 s.
+        "--file-flush-interval-msec", "1000",
     ]
 
 

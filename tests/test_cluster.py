@@ -37,6 +37,15 @@ class Cluster:
             change(tree)
             n.update(tree)
 
+    def traffic_reaches_all(self) -> bool:
+        """True when a burst of requests through the entry reached every node (Envoy's
+        workers pick up health changes a moment after its admin reports them)."""
+        before = upstream_counts(self.entry, "serving_rest")
+        for _ in range(3 * len(self.nodes)):
+            predict(self.entry.ip)
+        time.sleep(1.2)  # access log flush
+        return set(upstream_counts(self.entry, "serving_rest") - before) == {n.ip for n in self.nodes}
+
     def healthy_upstreams(self, node: Node | None = None, cluster: str = "serving_rest") -> set[str]:
         node = node or self.entry
         out = set()
@@ -66,6 +75,7 @@ def cluster(ip_factory, tmp_path):
     nodes = start_nodes([ip_factory() for _ in range(3)], tmp_path, **{"enable.access.log": "true"})
     c = Cluster(nodes)
     wait_for(lambda: c.healthy_upstreams() == {n.ip for n in nodes}, 15, 0.2, "all nodes healthy")
+    wait_for(lambda: c.traffic_reaches_all(), 15, 0.2, "traffic through the entry reaching every node")
     yield c
     for n in c.nodes:
         n.stop()
@@ -90,6 +100,7 @@ def test_rest_and_grpc_requests_spread_evenly_across_all_nodes(cluster):
     from agent.serving.tensors import from_ndarray
 
     ips = [n.ip for n in cluster.nodes]
+    rest_before = upstream_counts(cluster.entry, "serving_rest")
     for _ in range(300):
         assert predict(cluster.entry.ip)[0] == 200
     request = predict_pb2.PredictRequest()
@@ -100,7 +111,7 @@ def test_rest_and_grpc_requests_spread_evenly_across_all_nodes(cluster):
         for _ in range(300):
             assert list(stub.Predict(request, timeout=10).outputs["y"].float_val) == [2.5]
     time.sleep(1.5)  # access log flush
-    assert_even(upstream_counts(cluster.entry, "serving_rest"), ips, 300)
+    assert_even(upstream_counts(cluster.entry, "serving_rest") - rest_before, ips, 300)
     assert_even(upstream_counts(cluster.entry, "serving_grpc"), ips, 300)
 
 

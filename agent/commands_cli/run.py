@@ -20,7 +20,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_dir(parser)
     parser.add_argument("--no-console", action="store_true", help="do not serve the web console")
+    parser.add_argument("--metadata-local-addr", help="metad: source address to connect from (selects this node's /self)")
+    parser.add_argument("--etcd-user", help="etcd: user name")
+    parser.add_argument("--etcd-password-file", help="etcd: file holding the password (kept out of argv and logs)")
+    parser.add_argument("--etcd-ca-file", help="etcd: CA bundle for TLS (etcds://)")
+    parser.add_argument("--etcd-cert-file", help="etcd: client certificate for TLS")
+    parser.add_argument("--etcd-key-file", help="etcd: client key for TLS")
     add_logging(parser)
+
+
+def source_options(args: argparse.Namespace) -> dict:
+    """Keyword options for the metadata source that --metadata names."""
+    if args.metadata.startswith(("http://", "https://")):
+        return {"local_addr": args.metadata_local_addr} if args.metadata_local_addr else {}
+    if args.metadata.startswith(("etcd://", "etcds://")):
+        options = {"username": args.etcd_user, "ca_file": args.etcd_ca_file,
+                   "cert_file": args.etcd_cert_file, "key_file": args.etcd_key_file}
+        if args.etcd_password_file:
+            with open(args.etcd_password_file, encoding="utf-8") as f:
+                options["password"] = f.read().strip()
+        return {k: v for k, v in options.items() if v}
+    return {}
 
 
 async def serve_until_signalled(coro) -> None:
@@ -43,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
     paths = paths_from(args)
     paths.ensure()
     setup_logging(args, paths)
-    agent = Agent(paths, open_source(args.metadata), console=not args.no_console)
+    agent = Agent(paths, open_source(args.metadata, **source_options(args)), console=not args.no_console)
     asyncio.run(serve_until_signalled(agent.run()))
     return 0

@@ -61,6 +61,11 @@ def not_found(message: str) -> ServingError:
     return ServingError(codes.NOT_FOUND, message)
 
 
+def unavailable(message: str) -> ServingError:
+    """An UNAVAILABLE error (HTTP 503): retryable, e.g. on another node."""
+    return ServingError(codes.UNAVAILABLE, message)
+
+
 def failed_precondition(message: str) -> ServingError:
     """A FAILED_PRECONDITION error (HTTP 400)."""
     return ServingError(codes.FAILED_PRECONDITION, message)

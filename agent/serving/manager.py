@@ -18,7 +18,7 @@ from typing import Callable
 import agent.log
 from agent.serving import versions as version_dirs
 from agent.serving.config import ModelConfig
-from agent.serving.errors import invalid_argument, not_found
+from agent.serving.errors import invalid_argument, not_found, unavailable
 from agent.serving.protos import error_codes_pb2 as codes
 from agent.serving.protos.get_model_status_pb2 import ModelVersionStatus
 from agent.serving.servable import LoadError, Servable
@@ -150,6 +150,11 @@ class ModelManager:
         if version is None and label is None:
             available = [v for v in states.values() if v.state == AVAILABLE]
             if not available:
+                if name in self._configs and not (states and all(v.state == END for v in states.values())):
+                    # Configured and on its way (a model switch, a sync in progress): a
+                    # retryable answer, so Envoy tries a node that has it. Versions that all
+                    # failed to load stay a 404, as in TF Serving.
+                    raise unavailable(f"Servable not available yet for request: Latest({name})")
                 raise not_found(f"Servable not found for request: Latest({name})")
             return max(available, key=lambda v: v.version).servable
         if label is not None:

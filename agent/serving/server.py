@@ -50,7 +50,7 @@ def _address(host: str, port: int) -> str:
 
 
 class ModelServer:
-    """One running server; `start` opens both ports, then models load in the background."""
+    """One running server; `start` loads the configured models, then opens both ports."""
 
     def __init__(self, options: ServerOptions):
         self.options = options
@@ -70,8 +70,13 @@ class ModelServer:
         return load_servable(name, version, path, self._threads)
 
     async def start(self) -> None:
-        """Listen on the REST and gRPC ports and begin loading the configured models."""
+        """Load the configured models, then listen on the REST and gRPC ports.
+
+        As tensorflow_model_server does, the ports open only after the initial load: a
+        restarted server refuses connections (which Envoy retries elsewhere) instead of
+        answering requests for models it has not loaded yet."""
         o = self.options
+        await self._initial_load()
         if o.rest_port:  # 0 disables REST, as in tensorflow_model_server
             self._runner = web.AppRunner(RestApi(self.manager, self._inference).app(), access_log=None, shutdown_timeout=5)
             await self._runner.setup()
@@ -82,7 +87,6 @@ class ModelServer:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()
         log.info("model server listening", host=o.host, grpc_port=o.grpc_port, rest_port=o.rest_port, threads=self._threads)
-        self._tasks.append(asyncio.create_task(self._initial_load(), name="initial-load"))
         if o.models_config is not None and o.config_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="watch-config"))
         if o.fs_poll_seconds > 0:

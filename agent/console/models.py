@@ -1,0 +1,124 @@
+"""Model views: the local model tree by model and version, joined with the model server's states."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import asdict, dataclass, field
+
+from aiohttp import web
+
+from agent.console.files import list_dir, scan_models
+from agent.console.pages import CTX, SESSION, blocking, render, resolve, safe_status, stream_file
+from agent.console.upstreams import ModelServerView, model_status
+
+MAX_MODELS_ASKED = 32  # model server calls per page
+
+routes = web.RouteTableDef()
+
+
+@dataclass
+class VersionRow:
+    """One version: what is on disk and what the model server says of it."""
+
+    version: str
+    on_disk: bool
+    size: int = 0
+    files: int = 0
+    mtime: float = 0.0
+    state: str = ""  # the model server's state; "" when it does not list this version
+    error: str = ""
+    serving: bool = False  # requests without a version go here
+
+
+@dataclass
+class ModelRow:
+    """One model by name."""
+
+    name: str
+    configured: bool  # this is model.name, the model the cluster serves
+    server: ModelServerView
+    versions: list[VersionRow] = field(default_factory=list)
+
+
+def _serving_version(view: ModelServerView) -> str:
+    """TF Serving answers unversioned requests with the highest AVAILABLE version."""
+    available = [v.version for v in view.versions if v.state == "AVAILABLE" and v.version.isdigit()]
+    return max(available, key=int) if available else ""
+
+
+async def model_rows(app: web.Application) -> list[ModelRow]:
+    """Every model on disk (and the configured one), each version with its state."""
+    ctx = app[CTX]
+    disk = await blocking(app, scan_models, ctx.paths.models)
+    configured = str((safe_status(ctx).get("params") or {}).get("model.name", ""))
+    names = [m.name for m in disk]
+    if configured and configured not in names:
+        names.insert(0, configured)
+    asked = names[:MAX_MODELS_ASKED]
+    views = await asyncio.gather(*(model_status(app[SESSION], ctx.model_server_url, n) for n in asked))
+    by_name = dict(zip(asked, views))
+    on_disk = {m.name: m for m in disk}
+    rows = []
+    for name in names:
+        view = by_name.get(name) or ModelServerView(name=name, reachable=False, error="not asked (too many models)")
+        serving = _serving_version(view)
+        versions: dict[str, VersionRow] = {}
+        for v in on_disk[name].versions if name in on_disk else []:
+            versions[v.version] = VersionRow(version=v.version, on_disk=True, size=v.size, files=v.files, mtime=v.mtime)
+        for s in view.versions:
+            row = versions.setdefault(s.version, VersionRow(version=s.version, on_disk=False))
+            row.state = s.state
+            row.error = "" if s.error_code in ("OK", "0", "") else f"{s.error_code}: {s.error_message}"
+            row.serving = s.version == serving
+        ordered = sorted(versions.values(), key=lambda r: int(r.version) if r.version.isdigit() else -1, reverse=True)
+        rows.append(ModelRow(name=name, configured=name == configured, server=view, versions=ordered))
+    rows.sort(key=lambda r: (not r.configured, r.name))
+    return rows
+
+
+@routes.get("/models")
+async def models_page(request: web.Request) -> web.Response:
+    """The page of models, versions, states and sizes."""
+    rows = await model_rows(request.app)
+    return render(request, "models.html", nav="models", models=rows, server_url=request.app[CTX].model_server_url)
+
+
+@routes.get("/api/models")
+async def models_api(request: web.Request) -> web.Response:
+    """The same as JSON."""
+    rows = await model_rows(request.app)
+    return web.json_response({"models": [asdict(r) for r in rows]})
+
+
+@routes.get("/models/files")
+async def files_root(_request: web.Request) -> web.Response:
+    """The model tree's root listing."""
+    raise web.HTTPFound("/models/files/")
+
+
+@routes.get("/models/files/{path:.*}")
+async def files_page(request: web.Request) -> web.Response:
+    """A directory of the model tree: its entries with sizes and times."""
+    rel = request.match_info["path"].rstrip("/")
+    root = request.app[CTX].paths.models
+    directory = resolve(root, rel, "dir")
+    entries = await blocking(request.app, list_dir, root, directory)
+    crumbs = []
+    parts = rel.split("/") if rel else []
+    for i, part in enumerate(parts):
+        crumbs.append((part, "/".join(parts[: i + 1])))
+    return render(request, "files.html", nav="models", rel=rel, crumbs=crumbs, entries=entries)
+
+
+@routes.get("/models/download/{path:.+}")
+async def files_download(request: web.Request) -> web.StreamResponse:
+    """One file of the model tree, streamed."""
+    rel = request.match_info["path"]
+    path = resolve(request.app[CTX].paths.models, rel, "file")
+    return await stream_file(request, path, os.path.basename(rel))
+
+
+def setup(app: web.Application) -> None:
+    """Add the model routes."""
+    app.router.add_routes(routes)

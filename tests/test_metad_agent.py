@@ -1,0 +1,163 @@
+"""The node agent on metad (the TEST DOUBLE) end to end: lifecycle commands arrive,
+traffic keeps flowing while metad is gone, the agent waits quietly and catches up
+fast, and a restart while metad is down serves the last good tree."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.foundation_trees import add_serving_node, single_node_tree
+from tests.metad_double import MetadDouble
+from tests.node import http, predict, wait_for
+
+
+class AgentProcess:
+    """`inference-agent run --metadata <metad>` as a child process."""
+
+    def __init__(self, spec: str, data_dir: Path, ip: str):
+        self.data_dir = data_dir
+        self.ip = ip
+        log = open(data_dir / "agent.stderr", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--metadata", spec, "--data-dir", str(data_dir),
+             "--no-console", "--log-format", "json"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+
+    def cpu_seconds(self) -> float:
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
+    def upstreams(self) -> set[str]:
+        _, body = http("GET", f"http://{self.ip}:8001/clusters?format=json", timeout=1)
+        try:
+            statuses = json.loads(body).get("cluster_statuses", [])
+        except ValueError:
+            return set()
+        return {h["address"]["socket_address"]["address"]
+                for c in statuses if c["name"] == "serving_rest" for h in c.get("host_statuses", [])}
+
+    def status(self) -> dict:
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "--data-dir", str(self.data_dir)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent exited: {(self.data_dir / 'agent.stderr').read_text()[-2000:]}")
+        return predict(self.ip)[0] == 200
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for record in (self.data_dir / "run").glob("*.json"):  # children of a killed agent
+            try:
+                os.killpg(json.loads(record.read_text())["pid"], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+
+def cmd_log(data_dir: Path) -> list[str]:
+    path = data_dir / "logs" / "cmd.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def until(condition, timeout: float, what: str):
+    """wait_for in a thread: the metad double serves from this event loop meanwhile."""
+    return await asyncio.to_thread(wait_for, condition, timeout, 0.01, what)
+
+
+async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_factory, data_dir):
+    subprocess.run([sys.executable, "-m", "agent", "models", "install-builtin", str(data_dir / "models")],
+                   check=True, capture_output=True)
+    cluster = single_node_tree(node_ip)
+    del cluster["host"]  # metad derives /self/host from who asks (here: the address asked)
+    metad = MetadDouble(cluster, host=node_ip)
+    await metad.start()
+    agent = AgentProcess(metad.url, data_dir, node_ip)
+    try:
+        await until(agent.serving, 90, "the node to serve through Envoy")
+
+        # A lifecycle command through /self/cmd runs once, logged as the platform does.
+        metad.put("cmd", {"id": "cmd-1", "cmd": "echo lifecycle-ran", "timeout": "30"})
+        await until(lambda: any("cmd-1 [successful]: echo lifecycle-ran" in line for line in cmd_log(data_dir)),
+                    10, "cmd-1 to finish")
+        assert "lifecycle-ran" in (data_dir / "logs" / "app.log").read_text()
+
+        # metad goes away: traffic flows, the agent waits without spinning.
+        await metad.stop()
+        await asyncio.sleep(0.5)
+        cpu_before = agent.cpu_seconds()
+        for _ in range(15):
+            assert (await asyncio.to_thread(predict, node_ip))[0] == 200
+            await asyncio.sleep(0.2)
+        assert agent.cpu_seconds() - cpu_before < 0.2  # about 3 s of outage: near zero CPU
+        stale_since = agent.status()["source_stale_since"]
+        assert stale_since and time.time() - 10 < stale_since < time.time()
+
+        # It comes back (counter reset) with a change made meanwhile: applied within 1 s.
+        peer = ip_factory()
+        changed = add_serving_node(cluster, "i-peer", peer, 2)
+        metad = MetadDouble(changed, host=node_ip, port=metad.port)
+        await metad.start()
+        back = time.monotonic()
+        await until(lambda: peer in agent.upstreams(), 2, "the change made during the outage")
+        assert time.monotonic() - back < 1.0
+        await until(lambda: agent.status()["source_stale_since"] is None, 5, "the source to be live again")
+
+        # The agent restarts while metad is down: it serves from the last good tree.
+        await metad.stop()
+        agent.stop()
+        agent = AgentProcess(metad.url, data_dir, node_ip)
+        await until(agent.serving, 90, "the restarted node to serve")
+        assert peer in agent.upstreams()
+        status = agent.status()
+        assert status["source_stale_since"] is not None
+        # The command finished before the restart is not run again.
+        await asyncio.sleep(0.3)
+        assert sum("[executing]" in line for line in cmd_log(data_dir)) == 1
+        # metad returns with the very tree the node already runs: no longer stale.
+        metad = MetadDouble(changed, host=node_ip, port=metad.port)
+        await metad.start()
+        await until(lambda: agent.status()["source_stale_since"] is None, 5, "the source to be live again")
+    finally:
+        agent.stop()
+        await metad.stop()
+
+
+async def test_two_nodes_each_get_their_own_self(ip_factory, tmp_path):
+    """Per-caller mapping: each node's agent asks the metad double as itself."""
+    a, b = ip_factory(), ip_factory()
+    cluster = add_serving_node(single_node_tree(a), "i-b", b, 2)
+    del cluster["host"]
+    metad = MetadDouble(cluster, listen_ips=[a, b])
+    await metad.start()
+    agents = []
+    try:
+        for ip in (a, b):
+            d = tmp_path / ip
+            d.mkdir()
+            agents.append(AgentProcess(metad.url_on(ip), d, ip))
+        for agent in agents:
+            await until(lambda agent=agent: agent.upstreams() == {a, b}, 60, f"{agent.ip}'s Envoy")
+            assert agent.status()["node"]["ip"] == agent.ip
+    finally:
+        for agent in agents:
+            agent.stop()
+        await metad.stop()
