@@ -55,8 +55,10 @@ class Agent:
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
         self._latest: Snapshot | None = None
+        self._saved_version: str | None = None
         self._changed = asyncio.Event()
-        self._runners: list[web.AppRunner] = []
+        self._control: web.AppRunner | None = None
+        self._console: web.AppRunner | None = None
 
     def status_dict(self) -> dict:
         """Current status, JSON-ready."""
@@ -74,7 +76,7 @@ class Agent:
         structlog.contextvars.bind_contextvars(data_dir=str(self.paths.data_dir))
         self.paths.ensure()
         remove_stale_staging([self.paths.envoy_conf, self.paths.envoy_dynamic, self.paths.serving_conf])
-        self._runners.append(await start_control(create_control_app(self), self.paths.control_socket))
+        self._control = await start_control(create_control_app(self), self.paths.control_socket)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(), name="metadata")
@@ -85,8 +87,9 @@ class Agent:
             await asyncio.shield(self._shutdown())
 
     async def _shutdown(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
+        for runner in (self._console, self._control):
+            if runner is not None:
+                await runner.cleanup()
         if self.supervisor:
             await self.supervisor.stop_all()
         logger.info("agent.stopped")
@@ -121,15 +124,22 @@ class Agent:
             snap = self._latest
             if snap is None:
                 continue
-            state = await self.reconciler.apply(snap)
+            try:
+                state = await self.reconciler.apply(snap)
+            except Exception:  # e.g. a full disk: keep what runs, say why, try again soon
+                logger.exception("reconcile.failed", version=snap.version, source=snap.source)
+                self.metrics.reconciles.labels("failed").inc()
+                self.reconciler.pending = True
+                continue
             if state is None:
                 continue
             structlog.contextvars.bind_contextvars(node=state.me.instance_id, ip=state.me.ip)
-            if not snap.stale:
+            if not snap.stale and snap.version != self._saved_version:
                 await asyncio.to_thread(self.last_good.save, snap)
+                self._saved_version = snap.version
             self.syncer.update(_store_config(state), state.params.model_name, state.params.model_sync_interval)
             self.commands.submit(state.cmd)
-            if self._console_enabled and len(self._runners) == 1:
+            if self._console_enabled and self._console is None:
                 await self._start_console(state)
 
     async def _start_console(self, state: ClusterState) -> None:
@@ -144,7 +154,7 @@ class Agent:
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
         )
         try:
-            self._runners.append(await start_console(ctx, state.me.ip, CONSOLE_PORT))
+            self._console = await start_console(ctx, state.me.ip, CONSOLE_PORT)
         except OSError as e:
             logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
             self._console_enabled = False
