@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("agent.serving.cli", "run the built-in model server (TF Serving's flags)"),
     "models": ("agent.serving.models_cli", "manage built-in models"),
     "sync": ("agent.modelstore.cli", "sync the model from the model store once"),
+    "hook": ("agent.hooks", "run one of the platform's lifecycle hooks (hooks/, docs/hooks.md)"),
 }
 
 

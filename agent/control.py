@@ -1,29 +1,175 @@
 """The control API: HTTP over a unix socket (mode 0600) for `status`, the lifecycle
-hooks and tests. Only the agent's own user can reach it."""
+hooks and tests. Only the agent's own user can reach it.
+
+    GET  /status              the agent's status, with the lifecycle's (stopped, draining)
+    GET  /health              health report (agent/health.py)
+    POST /health/repair       restart what is broken; returns what was restarted
+    GET  /monitor             the monitor items (agent/monitor.py)
+    POST /drain               {"timeout": s}: fail health checks, wait for in-flight requests
+    POST /undrain             pass health checks again
+    POST /services/stop       {"drain_timeout": s}: drain, stop the node's processes, hold them down
+    POST /services/start      release the hold and start what the plan wants
+    GET  /scale/in/check      the scale-in pre-check         -> {"code", "message"}
+    POST /scale/in            {"timeout": s}: scale-in on a remaining node
+    POST /scale/out           {"timeout": s}: scale-out on an existing node
+
+Scale answers carry `code`: 0, or the hook exit code of the refusal (agent/lifecycle.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+from agent import log
 
-def create_control_app(status: Callable[[], dict[str, Any]]) -> web.Application:
-    """The control API's routes."""
-    app = web.Application()
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+    from agent.lifecycle import Verdict
 
+logger = log.get(__name__)
+
+MAX_TIMEOUT = 86400.0
+
+
+class BadRequest(ValueError):
+    """A request the control API refuses (400)."""
+
+
+def _seconds(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
+        raise BadRequest(f"{key} must be a number of seconds in (0, {MAX_TIMEOUT:.0f}], got {value!r}")
+    return float(value)
+
+
+def _query_seconds(request: web.Request, key: str, default: float) -> float:
+    raw = request.query.get(key)
+    try:
+        return _seconds({key: float(raw)} if raw is not None else {}, key, default)
+    except ValueError as e:
+        raise BadRequest(f"{key} must be a number of seconds, got {raw!r}") from e
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _verdict(v: "Verdict") -> web.Response:
+    return web.json_response({"code": int(v.code), "message": v.message})
+
+
+def create_control_app(agent: "Agent") -> web.Application:
+    """The control API's routes for `agent`; also runs the monitor's sampler and
+    systemd's watchdog."""
+    # Imported here, not above: the hooks import this module for `request` alone and
+    # must start fast (the monitor has 5 s in all).
+    from agent import health, monitor
+    from agent.systemd import keep_watchdog, notify, watchdog_interval
+
+    lifecycle = agent.lifecycle
+    sampler = monitor.Sampler(agent)
+    app = web.Application(middlewares=[_errors])
+    routes = web.RouteTableDef()
+
+    @routes.get("/status")
     async def get_status(_request: web.Request) -> web.Response:
-        return web.json_response(status())
+        return web.json_response({**agent.status_dict(), "lifecycle": lifecycle.status()})
 
-    app.router.add_get("/status", get_status)
+    @routes.get("/health")
+    async def get_health(_request: web.Request) -> web.Response:
+        return web.json_response((await health.check(agent, lifecycle)).to_dict())
+
+    @routes.post("/health/repair")
+    async def post_repair(_request: web.Request) -> web.Response:
+        report = await health.check(agent, lifecycle)
+        restarted = await health.repair(agent, lifecycle, report)
+        return web.json_response({"restarted": restarted, "before": report.to_dict()})
+
+    @routes.get("/monitor")
+    async def get_monitor(_request: web.Request) -> web.Response:
+        return web.json_response(await monitor.collect(agent, sampler, health.check(agent, lifecycle)))
+
+    @routes.post("/drain")
+    async def post_drain(request: web.Request) -> web.Response:
+        timeout = _seconds(await _body(request), "timeout", 30.0)
+        return web.json_response(asdict(await lifecycle.drain(timeout)))
+
+    @routes.post("/undrain")
+    async def post_undrain(_request: web.Request) -> web.Response:
+        await lifecycle.undrain()
+        return web.json_response(lifecycle.status())
+
+    @routes.post("/services/stop")
+    async def post_stop(request: web.Request) -> web.Response:
+        timeout = _seconds(await _body(request), "drain_timeout", 30.0)
+        return web.json_response(await lifecycle.stop_services(timeout))
+
+    @routes.post("/services/start")
+    async def post_start(_request: web.Request) -> web.Response:
+        await lifecycle.start_services()
+        return web.json_response(lifecycle.status())
+
+    @routes.get("/scale/in/check")
+    async def get_scale_in_check(request: web.Request) -> web.Response:
+        return _verdict(await lifecycle.scale_in_check(_query_seconds(request, "timeout", 10.0)))
+
+    @routes.post("/scale/in")
+    async def post_scale_in(request: web.Request) -> web.Response:
+        return _verdict(await lifecycle.scale_in(_seconds(await _body(request), "timeout", 60.0)))
+
+    @routes.post("/scale/out")
+    async def post_scale_out(request: web.Request) -> web.Response:
+        return _verdict(await lifecycle.scale_out(_seconds(await _body(request), "timeout", 300.0)))
+
+    app.add_routes(routes)
+
+    async def background(_app: web.Application):
+        tasks = [asyncio.create_task(sampler.run(), name="monitor-sampler")]
+        interval = watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(keep_watchdog(interval, _loop_alive), name="systemd-watchdog"))
+        yield
+        notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    app.cleanup_ctx.append(background)
     return app
 
 
+async def _loop_alive() -> bool:
+    """The event loop runs tasks: the watchdog task itself got here."""
+    await asyncio.sleep(0)
+    return True
+
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return web.json_response({"error": str(e)}, status=400)
+
+
 async def start_control(app: web.Application, path: Path) -> web.AppRunner:
-    """Serve `app` on the unix socket `path`; the caller cleans the runner up."""
+    """Serve `app` on the unix socket `path`; the caller cleans the runner up. Tells
+    systemd the agent is ready once the socket answers (Type=notify)."""
     path.unlink(missing_ok=True)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -34,6 +180,9 @@ async def start_control(app: web.Application, path: Path) -> web.AppRunner:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
+    from agent.systemd import notify
+
+    notify("READY=1")
     return runner
 
 

@@ -44,11 +44,20 @@ class Agent:
         from agent.modelstore import ModelSyncer
         from agent.selfcmd import CommandRunner
 
+        from agent.lifecycle import Lifecycle, NodeProcesses
+        from agent.systemd import SystemdUnits, systemd_mode
+
         self.paths = paths
         self.source = source
         self.metrics = Metrics()
         self.status = AgentStatus(source=source.description)
-        self.supervisor = Supervisor(paths.run, self.metrics) if manage_processes else None
+        # Lifecycle operations (drain, stop/start, scaling checks) on this node.
+        self.lifecycle = Lifecycle(self)
+        self.supervisor: NodeProcesses | None = None
+        if manage_processes:
+            # systemd runs the processes on platform nodes; the agent itself elsewhere.
+            inner = SystemdUnits(paths.conf / "systemd") if systemd_mode() else Supervisor(paths.run, self.metrics)
+            self.supervisor = self.lifecycle.processes = NodeProcesses(inner, self.lifecycle)
         self.reconciler = Reconciler(paths, self.status, self.metrics, self.supervisor)
         self.syncer = ModelSyncer(paths.models, self.metrics)
         self.commands = CommandRunner(paths.logs, paths.state, self.metrics)

@@ -23,7 +23,7 @@ from agent.plan import ENVOY, NodePlan, make_plan
 from agent.render import Check, RenderedFile, admin_address
 from agent.state import ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role, parse_cluster_state
 from agent.status import AgentStatus, Rejection
-from agent.supervisor import Supervisor
+from agent.supervisor import ProcessManager
 
 logger = log.get(__name__)
 
@@ -68,7 +68,7 @@ def models_in_config(path: Path) -> tuple[str, ...]:
 class Reconciler:
     """Applies snapshots to this node. Owned and called by the Agent, one apply at a time."""
 
-    def __init__(self, paths: Paths, status: AgentStatus, metrics: Metrics, supervisor: Supervisor | None):
+    def __init__(self, paths: Paths, status: AgentStatus, metrics: Metrics, supervisor: ProcessManager | None):
         self.paths = paths
         self.status = status
         self.metrics = metrics

@@ -18,7 +18,7 @@ import jinja2
 
 from agent import PROJECT_ROOT
 from agent.paths import Paths
-from agent.state import ENVOY_ADMIN_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState
+from agent.state import ENVOY_ADMIN_PORT, HEALTH_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 
@@ -155,7 +155,7 @@ def render_envoy(
 ) -> list[RenderedFile]:
     """Envoy's bootstrap and its dynamic listeners, clusters and endpoints."""
     dyn = str(paths.envoy_dynamic)
-    common = {"state": state, "dynamic_dir": dyn}
+    common = {"state": state, "dynamic_dir": dyn, "health_port": HEALTH_PORT, "rest_port": SERVING_REST_PORT}
     files = [
         RenderedFile(
             paths.envoy_conf / "bootstrap.yaml",
@@ -177,7 +177,7 @@ def render_envoy(
             paths.envoy_dynamic / f"eds_{cluster}.yaml",
             render_template(
                 "envoy/eds.yaml.j2", tree, version=_version(cluster, endpoints), cluster=cluster,
-                port=port, rest_port=SERVING_REST_PORT, **common,
+                port=port, **common,
             ).encode(),
         ))
     files.append(RenderedFile(

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -39,6 +40,17 @@ class ProcessSpec:
     env: tuple[tuple[str, str], ...] = ()
     # Bumped to restart a process whose command line is unchanged (e.g. new bootstrap content).
     generation: str = ""
+
+
+class ProcessManager(Protocol):
+    """What the agent needs of whatever runs its processes: this module's Supervisor,
+    systemd units (agent/systemd.py), or either wrapped by the lifecycle."""
+
+    async def ensure(self, specs: list[ProcessSpec]) -> None: ...
+    async def restart(self, name: str) -> None: ...
+    async def stop_all(self) -> None: ...
+    def pid(self, name: str) -> int | None: ...
+    def status(self) -> dict[str, dict]: ...
 
 
 @dataclass

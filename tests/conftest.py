@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-NODE_PORTS = (8080, 8081, 8001, 8090, 8500, 8501, 9000)
+NODE_PORTS = (8080, 8081, 8001, 8090, 8500, 8501, 8502, 9000)
 
 
 def _ip_is_free(ip: str) -> bool:

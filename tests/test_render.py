@@ -49,7 +49,7 @@ def test_envoy_files_route_to_every_active_serving_node(tmp_path):
     grpc = yaml.safe_load(files["eds_serving_grpc.yaml"].content)["resources"][0]
     assert grpc["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] == 8500
     lds = yaml.safe_load(files["lds.yaml"].content)["resources"]
-    assert [lst["name"] for lst in lds] == ["rest_8080", "grpc_8081"]
+    assert [lst["name"] for lst in lds] == ["rest_8080", "grpc_8081", "health"]
     cds = yaml.safe_load(files["cds.yaml"].content)["resources"]
     assert cds[0]["health_checks"][0]["http_health_check"]["path"] == "/v1/models/half_plus_two"
     boot = yaml.safe_load(files["bootstrap.yaml"].content)

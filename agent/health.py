@@ -1,0 +1,112 @@
+"""The node's health as the platform's health check sees it, and the repair its
+health action runs.
+
+A node is healthy if and only if its Envoy is ready, its model server reports
+model.name AVAILABLE (serving nodes), and the agent has applied the newest metadata it
+received. The repair restarts only what is broken: Envoy when it is not ready, the
+model server when it does not answer; a model that is not available while its server
+answers, or metadata that was refused, is not fixed by a restart and is only reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from agent import log
+from agent.plan import ENVOY, MODEL_SERVER
+from agent.reconcile import model_state
+from agent.state import Role
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+    from agent.lifecycle import Lifecycle
+
+logger = log.get(__name__)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One health check of this node."""
+
+    healthy: bool
+    envoy_ready: bool
+    # None on a node without a model server (model_repo).
+    model_server_answering: bool | None
+    model_available: bool | None
+    metadata_applied: bool
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def metadata_problem(agent: "Agent") -> str | None:
+    """Why the newest metadata is not in force on this node, or None when it is."""
+    if agent.reconciler.state is None:
+        return "no metadata applied yet"
+    status = agent.status_dict()
+    if not status["up_to_date"]:
+        rejection = status["last_rejection"]
+        why = f": {'; '.join(rejection['reasons'])}" if rejection and rejection["version"] == status["received_version"] else ""
+        return f"metadata version {status['received_version'] or '?'} not applied{why}"
+    if status["source_stale_since"] is not None:
+        return f"metadata source unreachable; running on the last good tree ({agent.source.description})"
+    return None
+
+
+async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
+    """Check this node now."""
+    state = agent.reconciler.state
+    reasons: list[str] = []
+    if lifecycle.stopped:
+        reasons.append("services are stopped (platform stop); run start")
+    if lifecycle.draining:
+        reasons.append("the node is draining")
+    problem = metadata_problem(agent)
+    applied = problem is None
+    if problem:
+        reasons.append(problem)
+    if state is None:
+        return HealthReport(False, False, None, None, applied, tuple(reasons))
+
+    serving = state.me.role is Role.MODEL_SERVING
+    name = state.params.model_name
+    ready, model = await asyncio.gather(
+        agent.reconciler.admin(state).ready(),
+        model_state(state.me.ip, name) if serving else _none(),
+    )
+    if not ready:
+        reasons.append("Envoy is not ready")
+    answering = (model is not None) if serving else None
+    available = bool(model) if serving else None
+    if serving and model is None:
+        reasons.append("the model server does not answer")
+    elif serving and not model:
+        reasons.append(f"the model server does not report {name} AVAILABLE")
+    healthy = ready and applied and available is not False and not lifecycle.stopped and not lifecycle.draining
+    return HealthReport(healthy, ready, answering, available, applied, tuple(reasons))
+
+
+async def _none() -> None:
+    return None
+
+
+async def repair(agent: "Agent", lifecycle: "Lifecycle", report: HealthReport) -> list[str]:
+    """Restart what `report` found broken; returns the processes restarted."""
+    processes = lifecycle.processes
+    if report.healthy or processes is None or lifecycle.stopped or lifecycle.draining:
+        return []
+    restarted = []
+    if not report.envoy_ready:
+        restarted.append(ENVOY)
+    if report.model_server_answering is False:
+        restarted.append(MODEL_SERVER)
+    for name in restarted:
+        logger.warning("health.restart", process=name, reasons=list(report.reasons))
+        await processes.restart(name)
+    if not restarted:
+        logger.info("health.nothing_to_restart", reasons=list(report.reasons))
+    return restarted
