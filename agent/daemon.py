@@ -36,6 +36,10 @@ MAX_WAIT = 0.5
 PENDING_RETRY = 0.5
 
 
+# asyncio.timeout rather than wait_for below: on Python 3.11 wait_for can swallow a
+# cancellation that arrives as the wait completes, and shutdown would hang.
+
+
 class Agent:
     """One node's agent. `await Agent(...).run()` until cancelled; cancellation stops
     everything it started."""
@@ -116,7 +120,8 @@ class Agent:
             if remaining <= 0:
                 return
             try:
-                await asyncio.wait_for(self._changed.wait(), min(QUIET, remaining))
+                async with asyncio.timeout(min(QUIET, remaining)):
+                    await self._changed.wait()
             except TimeoutError:
                 return
 
@@ -124,7 +129,8 @@ class Agent:
         while True:
             if self.reconciler.pending:
                 try:
-                    await asyncio.wait_for(self._changed.wait(), PENDING_RETRY)
+                    async with asyncio.timeout(PENDING_RETRY):
+                        await self._changed.wait()
                 except TimeoutError:
                     pass
             else:

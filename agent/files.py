@@ -56,7 +56,8 @@ def stage(f: RenderedFile) -> Staged:
     return Staged(f, Path(tmp))
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make the entries of a directory (renames into it) durable."""
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -71,7 +72,7 @@ def commit(staged: Iterable[Staged]) -> None:
         os.replace(s.staged_path, s.file.path)
         dirs.add(s.file.path.parent)
     for d in dirs:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def discard(staged: Iterable[Staged]) -> None:

@@ -144,7 +144,8 @@ class CommandRunner:
                 start_new_session=True,
             )
         try:
-            returncode = await asyncio.wait_for(proc.wait(), cmd.timeout)
+            async with asyncio.timeout(cmd.timeout):
+                returncode = await proc.wait()
             rc = _exit_code(returncode)
             timed_out = False
         except TimeoutError:
@@ -176,7 +177,8 @@ class CommandRunner:
             except ProcessLookupError:
                 pass
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await proc.wait()
             except TimeoutError:
                 pass
         try:

@@ -86,7 +86,8 @@ async def keep_watchdog(interval: float, alive: Callable[[], Awaitable[bool]]) -
     works; a wedged agent stops pinging and systemd restarts it. Runs until cancelled."""
     while True:
         try:
-            ok = await asyncio.wait_for(alive(), interval)
+            async with asyncio.timeout(interval):
+                ok = await alive()
         except (TimeoutError, OSError):
             ok = False
         if ok:
@@ -171,7 +172,8 @@ class SystemdUnits:
             stdin=asyncio.subprocess.DEVNULL,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), SYSTEMCTL_TIMEOUT)
+            async with asyncio.timeout(SYSTEMCTL_TIMEOUT):
+                out, err = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -211,3 +211,32 @@ def test_sigterm_stops_promptly_with_exit_0(models, server_factory):
     started = time.monotonic()
     assert server.stop() == 0
     assert time.monotonic() - started < 10
+
+
+def test_version_replaced_in_place_is_reloaded_without_a_gap(models, server_factory):
+    """The model store swaps a changed version's directory in atomically, same number:
+    the server loads the new files while it keeps serving the old ones."""
+    import onnx
+    from onnx import numpy_helper
+
+    from agent.modelstore.layout import publish
+    from agent.serving.builtin_models import half_plus_two_model
+
+    hpt = copy_builtin(models, "half_plus_two")
+    server = server_factory([{"name": "half_plus_two", "base_path": hpt}])
+    server.wait_available("half_plus_two", 1)
+    changed = half_plus_two_model()
+    for init in changed.graph.initializer:
+        if init.name == "two":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1, "two"))  # half_plus_three
+    (models / "staging").mkdir()
+    onnx.save(changed, str(models / "staging" / "model.onnx"))
+    publish(models / "staging", hpt / "1", models / "old")  # atomic swap, as the model store does
+    deadline = time.monotonic() + 20
+    while True:
+        status, body = server.post("/v1/models/half_plus_two:predict", {"instances": [2.0]})
+        assert status == 200, body  # never a gap
+        if body == {"predictions": [4.0]}:
+            break
+        assert body == {"predictions": [3.0]} and time.monotonic() < deadline
+    assert server.states("half_plus_two") == {1: "AVAILABLE"}

@@ -157,7 +157,8 @@ async def log_follow(request: web.Request) -> web.StreamResponse:
                 last_write = time.monotonic()
             if not batch.more:
                 try:
-                    await asyncio.wait_for(closing.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await closing.wait()
                 except asyncio.TimeoutError:
                     pass
     except ConnectionError:

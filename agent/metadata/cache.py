@@ -89,7 +89,8 @@ async def with_fallback(source: Source, last_good: LastGoodTree,
                 item = await queue.get()
             else:
                 try:
-                    item = await asyncio.wait_for(queue.get(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                    async with asyncio.timeout_at(deadline):
+                        item = await queue.get()
                 except TimeoutError:
                     fallback_done = True
                     cached = await asyncio.to_thread(last_good.load)

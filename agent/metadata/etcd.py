@@ -243,7 +243,8 @@ class WatchStream:
     async def next_events(self, timeout: float) -> tuple[list[dict], int] | None:
         """The next batch of events and its revision, or None after `timeout` with no message."""
         try:
-            result = await asyncio.wait_for(self._message(), timeout)
+            async with asyncio.timeout(timeout):
+                result = await self._message()
         except TimeoutError:
             return None
         events = result.get("events", [])

@@ -88,6 +88,11 @@ class ModelManager:
                 states = self._versions.setdefault(name, {})
                 for number, vdir in sorted(dirs.items()):
                     current = states.get(number)
+                    if current is not None and current.state == AVAILABLE and current.fingerprint != vdir.fingerprint:
+                        # The model store replaced this version's files (same number, new
+                        # content): load the new files, keep serving the old ones meanwhile.
+                        loads.append(self._reload(name, current, vdir))
+                        continue
                     if current is not None and current.state in (LOADING, AVAILABLE):
                         continue
                     if current is not None and current.error and current.fingerprint == vdir.fingerprint:
@@ -112,6 +117,17 @@ class ModelManager:
             log.info("model version available", model=name, version=version.version, runtime=servable.runtime)
             return
         log.error("model version failed to load", model=name, version=version.version, error=version.error)
+
+    async def _reload(self, name: str, version: _Version, vdir) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            servable = await loop.run_in_executor(self._executor, self._loader, name, version.version, vdir.path)
+        except Exception as e:  # keep serving what is loaded; the files may be fixed later
+            log.error("model version reload failed, keeping the loaded one", model=name, version=version.version, error=str(e))
+        else:
+            version.servable = servable
+            log.info("model version reloaded", model=name, version=version.version, runtime=servable.runtime)
+        version.fingerprint = vdir.fingerprint
 
     def _unload_unwanted(self, configs: dict[str, ModelConfig], found: dict, wanted: dict) -> None:
         for name in list(self._versions):

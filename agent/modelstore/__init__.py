@@ -1,0 +1,41 @@
+"""Model store sync: the model's versions in MinIO or S3-compatible object storage,
+mirrored onto local disk atomically, version by version.
+
+Public interface (imports stay light: boto3 loads with the first sync):
+    StoreConfig, store_config_for   - where the store is (config)
+    sync_model, SyncResult          - one sync of one model (sync)
+    ModelSyncer                     - the agent's periodic sync loop (syncer)
+    seed_bucket                     - first upload of built-in models (seed)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agent.modelstore.config import StoreConfig, SyncOptions, store_config_for
+
+if TYPE_CHECKING:
+    from agent.modelstore.client import StoreError
+    from agent.modelstore.seed import seed_bucket
+    from agent.modelstore.sync import SyncProgress, SyncResult, sync_model
+    from agent.modelstore.syncer import ModelSyncer
+
+_LAZY = {
+    "StoreError": "agent.modelstore.client",
+    "seed_bucket": "agent.modelstore.seed",
+    "SyncProgress": "agent.modelstore.sync",
+    "SyncResult": "agent.modelstore.sync",
+    "sync_model": "agent.modelstore.sync",
+    "ModelSyncer": "agent.modelstore.syncer",
+}
+
+__all__ = ["StoreConfig", "SyncOptions", "store_config_for", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

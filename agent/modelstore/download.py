@@ -1,0 +1,375 @@
+"""Fetching objects into staging files, verified while the bytes stream in.
+
+Everything here blocks (boto3, file I/O, MD5) and runs in the sync's thread pool.
+A single-part object is one GET hashed as it streams. A multipart object is cut on its
+part boundaries (learnt from one HEAD ?partNumber=1) into ranges fetched in parallel
+into a preallocated file, each range hashing its own parts, so no byte is read twice.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions as bexc
+import urllib3.exceptions
+from botocore.awsrequest import AWSRequest
+
+from agent.modelstore.client import error_code, is_final
+from agent.modelstore.config import SyncOptions
+from agent.modelstore.etag import PartHasher, combine_part_digests, md5_file_parts, uniform_cuts
+from agent.modelstore.layout import start_writeback
+from agent.modelstore.listing import RemoteObject
+
+# Dirty bytes handed to the disk while a file still streams in.
+_WRITEBACK_STEP = 8 << 20
+# Part sizes tried, largest share first, when a store will not say how an object was cut.
+_COMMON_PART_MIB = (8, 16, 5, 64, 32, 15, 10, 100, 128, 50, 25, 256, 512, 6, 7)
+
+
+class Cancelled(Exception):
+    """The sync was asked to stop."""
+
+
+class FetchError(Exception):
+    """One object could not be fetched or verified. `final`: retrying within this sync
+    cannot help; `unreachable`: the endpoint itself is down, so the whole sync stops."""
+
+    def __init__(self, message: str, final: bool = False, unreachable: bool = False):
+        super().__init__(message)
+        self.final = final
+        self.unreachable = unreachable
+
+
+class VerifyError(Exception):
+    """The bytes received do not match the object's size or ETag."""
+
+
+@dataclass
+class Counters:
+    """Progress shared by the worker threads of one sync."""
+
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    files_fetched: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_bytes(self, n: int) -> None:
+        """Count bytes received (or taken over from a staged copy)."""
+        with self._lock:
+            self.bytes_done += n
+
+    def add_file(self, fetched: bool = False) -> None:
+        """Count one file finished (`fetched`: downloaded by this sync)."""
+        with self._lock:
+            self.files_done += 1
+            self.files_fetched += fetched
+
+
+@dataclass(frozen=True)
+class Span:
+    """One GET of an object: bytes [start, end) covering whole parts of sizes `cuts`
+    (`cuts` is None when the ETag cannot be checked part by part)."""
+
+    start: int
+    end: int
+    cuts: list[int] | None
+
+
+_RETRYABLE = (
+    bexc.ResponseStreamingError,
+    bexc.IncompleteReadError,
+    bexc.ReadTimeoutError,
+    bexc.ConnectTimeoutError,
+    bexc.ConnectionClosedError,
+    bexc.EndpointConnectionError,
+    bexc.ClientError,
+    ConnectionError,
+    TimeoutError,
+    urllib3.exceptions.HTTPError,  # a body cut short or reset while streaming
+    http.client.HTTPException,  # the same, seen by the socket reader underneath
+    VerifyError,
+)
+
+
+# After every attempt, these mean the endpoint is not answering at all.
+_UNREACHABLE = (bexc.EndpointConnectionError, bexc.ConnectTimeoutError)
+
+
+class Fetcher:
+    """Downloads objects of one bucket for one sync."""
+
+    def __init__(self, client: Any, bucket: str, options: SyncOptions, stop: threading.Event, counters: Counters):
+        self.client = client
+        self.bucket = bucket
+        self.options = options
+        self.stop = stop
+        self.counters = counters
+        self._http = client._endpoint.http_session  # the client's pool, timeouts and TLS settings
+
+    # ---- planning -------------------------------------------------------
+
+    def part_cuts(self, obj: RemoteObject) -> list[int] | None:
+        """Sizes of the parts `obj` was uploaded in; None when the store will not tell."""
+        etag = obj.etag
+        if not etag.multipart:
+            return [obj.size]
+        # No If-Match here: some stores compare it with the part's ETag. The GETs carry it.
+        head = self._retrying(obj, lambda: self.client.head_object(Bucket=self.bucket, Key=obj.key, PartNumber=1))
+        if head is None:
+            return None
+        part = int(head.get("ContentLength") or 0)
+        count = int(head.get("PartsCount") or etag.parts)
+        if part <= 0 or count != etag.parts:
+            return None
+        cuts = uniform_cuts(obj.size, part)
+        if len(cuts) == etag.parts:
+            return cuts
+        return self._each_part(obj)
+
+    def _each_part(self, obj: RemoteObject) -> list[int] | None:
+        """Part sizes asked one by one (uploads whose parts are not uniform)."""
+        cuts = []
+        for n in range(1, obj.etag.parts + 1):
+            head = self._retrying(obj, lambda n=n: self.client.head_object(Bucket=self.bucket, Key=obj.key, PartNumber=n))
+            if head is None or not head.get("ContentLength"):
+                return None
+            cuts.append(int(head["ContentLength"]))
+        return cuts if sum(cuts) == obj.size else None
+
+    def _retrying(self, obj: RemoteObject, call: Any) -> Any:
+        """`call()` with this module's retries; None when the store rejects part numbers."""
+        try:
+            return self._attempts(obj, call)
+        except FetchError as e:
+            if e.final and error_code(e.__cause__ or e) in ("400", "501", "InvalidArgument", "NotImplemented"):
+                return None
+            raise
+
+    @staticmethod
+    def spans(size: int, cuts: list[int] | None, streams: int) -> list[Span]:
+        """Cut an object into at most `streams` GETs on part boundaries."""
+        if cuts is None or len(cuts) < 2 or streams < 2:
+            return [Span(0, size, cuts)]
+        groups = min(streams, len(cuts))
+        per = -(-len(cuts) // groups)
+        out, start = [], 0
+        for i in range(0, len(cuts), per):
+            chunk = cuts[i:i + per]
+            out.append(Span(start, start + sum(chunk), chunk))
+            start += sum(chunk)
+        return out
+
+    # ---- fetching -------------------------------------------------------
+
+    def prepare_file(self, dest: Path, size: int) -> None:
+        """Create `dest` at its full size, its blocks reserved, for ranged writes."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            if size:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError:
+                    pass  # a filesystem without fallocate still takes the writes
+        finally:
+            os.close(fd)
+
+    def fetch_span(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool) -> list[bytes]:
+        """GET one span into `dest` with retries; returns the MD5 of each part it covers.
+
+        With `whole_file` the file is (re)created; otherwise it was prepared. Files are not
+        fsynced one by one: the whole version is flushed once before it goes live.
+        """
+        return self._attempts(obj, lambda: self._get(obj, dest, span, whole_file))
+
+    def _attempts(self, obj: RemoteObject, call: Any) -> Any:
+        attempts = max(1, self.options.object_attempts)
+        for attempt in range(1, attempts + 1):
+            if self.stop.is_set():
+                raise Cancelled()
+            try:
+                return call()
+            except Cancelled:
+                raise
+            except _RETRYABLE as e:
+                final = isinstance(e, bexc.ClientError) and is_final(e)
+                if final or attempt == attempts:
+                    raise FetchError(f"{obj.key}: {_short(e)}", final=final, unreachable=isinstance(e, _UNREACHABLE)) from e
+                time.sleep(min(2.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+            except OSError as e:
+                raise FetchError(f"{obj.key}: cannot write {dest_hint(e)}: {e.strerror or e}") from e
+        raise AssertionError("unreachable")
+
+    def _get(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool) -> list[bytes]:
+        length = span.end - span.start
+        headers = {}
+        if obj.etag.raw:
+            headers["If-Match"] = f'"{obj.etag.raw}"'
+        if not (span.start == 0 and span.end == obj.size):
+            headers["Range"] = f"bytes={span.start}-{span.end - 1}"
+        if whole_file:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        else:
+            fd = os.open(dest, os.O_WRONLY)
+        received = 0
+        try:
+            if length == 0:
+                hasher = PartHasher(span.cuts or [0])
+            else:
+                resp_headers, body = self._open(obj.key, headers)
+                try:
+                    if int(resp_headers.get("content-length", -1)) != length:
+                        raise VerifyError(f"expected {length} bytes, the store sends {resp_headers.get('content-length')}")
+                    hasher = PartHasher(span.cuts) if span.cuts is not None and not _encrypted(resp_headers) else None
+                    offset = written_back = span.start
+                    buf = memoryview(bytearray(min(self.options.chunk_size, length)))
+                    readinto = _reader(body)
+                    while received < length:
+                        if self.stop.is_set():
+                            raise Cancelled()
+                        n = readinto(buf[: min(len(buf), length - received)])
+                        if not n:
+                            raise VerifyError(f"received {received} of {length} bytes")
+                        chunk = buf[:n]
+                        if hasher is not None:
+                            hasher.update(chunk)
+                        _pwrite_all(fd, chunk, offset)
+                        offset += n
+                        received += n
+                        self.counters.add_bytes(n)
+                        if offset - written_back >= _WRITEBACK_STEP:
+                            start_writeback(fd, written_back, offset - written_back)
+                            written_back = offset
+                except BaseException:
+                    body.close()  # drop the connection: its stream is in an unknown state
+                    raise
+                body.release_conn()
+                start_writeback(fd, written_back, offset - written_back)
+            digests = hasher.finish() if hasher is not None else []
+            if whole_file and obj.etag.verifiable and not obj.etag.multipart and hasher is not None:
+                if digests[0].hex() != obj.etag.digest:
+                    raise VerifyError(f"MD5 {digests[0].hex()} does not match ETag {obj.etag.raw}")
+            return digests
+        except BaseException:
+            if received:
+                self.counters.add_bytes(-received)  # those bytes will come again
+            raise
+        finally:
+            os.close(fd)
+
+    def _open(self, key: str, headers: dict[str, str]) -> tuple[Any, Any]:
+        """Send a GET; returns (lower-case headers, streaming urllib3 body) of a 200/206.
+
+        The request is a URL presigned by the client (its endpoint, addressing style and
+        credentials) sent through the client's own connection pool: the same request
+        get_object would make, at a third of the CPU, which decides small-file throughput.
+        """
+        url = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600
+        )
+        request = AWSRequest(method="GET", url=url, headers=headers).prepare()
+        request.stream_output = True
+        response = self._http.send(request)
+        status = response.status_code
+        raw = response.raw
+        if status in (200, 206):
+            return {k.lower(): v for k, v in response.headers.items()}, raw
+        try:
+            body = raw.read(64 << 10) if status not in (304,) else b""
+        finally:
+            raw.close()
+        code, message = _error_fields(body)
+        if status in (304, 412):
+            code = "PreconditionFailed"
+        raise bexc.ClientError(
+            {"Error": {"Code": code or str(status), "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+            "GetObject",
+        )
+
+    def finish_multipart(self, obj: RemoteObject, dest: Path, digests: list[bytes] | None) -> None:
+        """Check a multipart object assembled from spans against its ETag.
+
+        `digests` is None when the part sizes were unknown while downloading; then the
+        usual part sizes are tried against the file on disk.
+        """
+        if obj.etag.verifiable:
+            if digests is None or combine_part_digests(digests) != obj.etag.raw:
+                if not self._verify_from_disk(obj, dest):
+                    raise FetchError(f"{obj.key}: content does not match multipart ETag {obj.etag.raw}")
+
+    def _verify_from_disk(self, obj: RemoteObject, dest: Path) -> bool:
+        """Re-hash the file with exact part sizes from the store, or with common sizes."""
+        candidates: list[list[int]] = []
+        exact = self._each_part(obj) if obj.etag.parts <= 10000 else None
+        if exact:
+            candidates.append(exact)
+        for mib in _COMMON_PART_MIB:
+            cuts = uniform_cuts(obj.size, mib << 20)
+            if len(cuts) == obj.etag.parts and cuts not in candidates:
+                candidates.append(cuts)
+        for cuts in candidates:
+            if combine_part_digests(md5_file_parts(str(dest), cuts)) == obj.etag.raw:
+                return True
+        return False
+
+
+def _reader(body: Any) -> Any:
+    """readinto() of a urllib3 response that fills the caller's buffer straight from the
+    socket: urllib3's own read() allocates a fresh bytes object per chunk, which costs
+    page faults by the gigabyte on large objects. Falls back to urllib3's readinto."""
+    fp = getattr(body, "_fp", None)
+    if fp is not None and hasattr(fp, "readinto") and not getattr(body, "chunked", False):
+        return fp.readinto
+    return body.readinto
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _encrypted(headers: dict[str, str]) -> bool:
+    """True when the ETag is not an MD5 of the bytes (KMS or customer-key encryption)."""
+    return (
+        headers.get("x-amz-server-side-encryption") == "aws:kms"
+        or bool(headers.get("x-amz-server-side-encryption-customer-algorithm"))
+    )
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    """(Code, Message) of an S3 XML error body, empty when absent."""
+    text = body.decode("utf-8", "replace")
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    return (code.group(1) if code else "", message.group(1) if message else "")
+
+
+def _short(e: BaseException) -> str:
+    """A one-line description; presigned query strings (signature, key id) are cut off."""
+    if isinstance(e, bexc.ClientError):
+        err = e.response.get("Error", {})
+        return f"{err.get('Code', '')} {err.get('Message', '')}".strip()
+    return _QUERY.sub("?...", f"{type(e).__name__}: {e}")
+
+
+_QUERY = re.compile(r"\?[^\s'\"]*X-Amz-[^\s'\"]*")
+
+
+def dest_hint(e: OSError) -> str:
+    """The file an OSError is about, for messages."""
+    return e.filename if isinstance(getattr(e, "filename", None), str) else "file"

@@ -1,0 +1,126 @@
+"""What the sync knows about local files without reading them.
+
+The manifest maps every live version's files to the (size, ETag) they were verified
+against, so an unchanged repository is recognised from one listing. A staging journal
+does the same for a version being downloaded, so an interrupted sync resumes.
+Both are private to the agent (mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# rel path -> (size, etag) for one version
+Files = dict[str, tuple[int, str]]
+
+FORMAT = 1
+
+
+@dataclass
+class Manifest:
+    """The live versions of one model and their files."""
+
+    model: str
+    source: str = ""
+    versions: dict[int, Files] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, model: str) -> "Manifest":
+        """Read the manifest; a missing or unreadable one is empty (everything re-verifies)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT or data.get("model") != model:
+                return cls(model)
+            versions = {
+                int(v): {rel: (int(e[0]), str(e[1])) for rel, e in body["files"].items()}
+                for v, body in data["versions"].items()
+            }
+            return cls(model, str(data.get("source", "")), versions)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return cls(model)
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file, fsync, rename), mode 0600."""
+        data = {
+            "format": FORMAT,
+            "model": self.model,
+            "source": self.source,
+            "versions": {
+                str(v): {"files": {rel: [size, etag] for rel, (size, etag) in sorted(files.items())}}
+                for v, files in sorted(self.versions.items())
+            },
+        }
+        tmp = path.with_name(f"{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+
+class Journal:
+    """Append-only record of files verified in one staging directory.
+
+    The header names the staging directory's inode: after a crash, that inode tells
+    whether the directory is still staged or already went live. It also names the boot:
+    files are not fsynced one by one, so after a reboot the entries prove nothing.
+    """
+
+    def __init__(self, path: Path, inode: int, boot: str, entries: Files | None = None):
+        self.path = path
+        self.inode = inode
+        self.entries: Files = dict(entries or {})
+        self._lock = threading.Lock()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        lines = [json.dumps({"inode": inode, "boot": boot})] + [
+            json.dumps({"rel": rel, "size": s, "etag": e}, ensure_ascii=False) for rel, (s, e) in self.entries.items()
+        ]
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+        os.fsync(fd)
+        os.close(fd)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    @staticmethod
+    def read(path: Path, boot: str) -> tuple[int, Files] | None:
+        """(inode, entries) of a journal written during boot `boot`, or None; a torn
+        last line is ignored."""
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError:
+            return None
+        try:
+            header = json.loads(lines[0])
+            inode = int(header["inode"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            return None
+        if header.get("boot") != boot:
+            return None
+        entries: Files = {}
+        for line in lines[1:]:
+            try:
+                item = json.loads(line)
+                entries[item["rel"]] = (int(item["size"]), str(item["etag"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return inode, entries
+
+    def add(self, rel: str, size: int, etag: str) -> None:
+        """Record one verified file."""
+        line = json.dumps({"rel": rel, "size": size, "etag": etag}, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.entries[rel] = (size, etag)
+            os.write(self._fd, line.encode())
+
+    def close(self) -> None:
+        """Close the journal's file descriptor."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

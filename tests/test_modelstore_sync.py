@@ -1,0 +1,242 @@
+"""Model store sync against a real S3 endpoint (moto on loopback): what lands on disk,
+what a model server polling the directory can see, and what each sync costs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import stat
+import threading
+
+import pytest
+from s3_fault_proxy_double import FaultProxyDouble
+from test_modelstore_support import (  # noqa: F401  (fixtures)
+    MiB,
+    TEST_OPTIONS,
+    ServerView,
+    moto_server,
+    numeric_versions,
+    random_bytes,
+    read_tree,
+    s3,
+    savedmodel_files,
+    upload,
+    upload_version,
+)
+
+from agent.modelstore import StoreConfig, sync_model
+
+PREFIX = "repo/mnist/"
+
+
+async def test_full_sync_mirrors_every_version_with_nested_and_unicode_names(s3, tmp_path):
+    client, bucket, store = s3
+    v1, v2 = savedmodel_files(1), savedmodel_files(2, extra=30)
+    upload_version(client, bucket, PREFIX, 1, v1)
+    upload_version(client, bucket, PREFIX, 2, v2)
+
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    assert result.error is None
+    assert result.versions_added == [1, 2]
+    assert read_tree(tmp_path / "mnist" / "1") == v1
+    assert read_tree(tmp_path / "mnist" / "2") == v2
+    assert result.bytes_downloaded == sum(map(len, v1.values())) + sum(map(len, v2.values()))
+    assert result.objects_listed == len(v1) + len(v2)
+    # Only numeric directories are visible to a model server; the sync's files are dot-files.
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir() if not p.name.startswith(".")) == ["1", "2"]
+    manifest = tmp_path / "mnist" / ".manifest.json"
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o600
+    assert store.secret_key not in manifest.read_text()
+
+
+async def test_noop_sync_is_listing_only(s3, tmp_path):
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, savedmodel_files(1))
+    upload_version(client, bucket, PREFIX, 2, savedmodel_files(2))
+    await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "mnist").rglob("*") if p.is_file() and ".lock" not in p.name}
+
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        via_proxy = StoreConfig("ois", proxy.endpoint, "us-east-1", store.access_key, store.secret_key, bucket, "repo")
+        result = await sync_model(via_proxy, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    assert result.error is None
+    assert result.versions_kept == [1, 2] and not result.changed
+    assert result.bytes_downloaded == 0 and result.files_downloaded == 0
+    # One delimited listing of the model, one listing per version: no GET or HEAD of an object.
+    assert all("list-type=2" in path for _method, path, _range in proxy.log), proxy.log
+    assert len(proxy.log) == 3
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
+
+
+async def test_incremental_sync_adds_only_the_new_version(s3, tmp_path):
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, savedmodel_files(1))
+    await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    inode_v1 = (tmp_path / "mnist" / "1").stat().st_ino
+
+    v3 = savedmodel_files(3)
+    upload_version(client, bucket, PREFIX, 3, v3)
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    assert result.versions_added == [3] and result.versions_kept == [1]
+    assert result.bytes_downloaded == sum(map(len, v3.values()))
+    assert read_tree(tmp_path / "mnist" / "3") == v3
+    assert (tmp_path / "mnist" / "1").stat().st_ino == inode_v1  # untouched
+
+
+async def test_version_removed_from_store_is_removed_locally_but_never_the_last(s3, tmp_path):
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, savedmodel_files(1))
+    upload_version(client, bucket, PREFIX, 2, savedmodel_files(2))
+    await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    for rel in savedmodel_files(1):
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}1/{rel}")
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert result.versions_removed == [1]
+    assert numeric_versions(tmp_path / "mnist") == [2]
+
+    # The store loses every version: the node keeps serving the last one it has.
+    for rel in savedmodel_files(2):
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}2/{rel}")
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert numeric_versions(tmp_path / "mnist") == [2]
+    assert result.versions_removed == []
+    assert "no versions of model 'mnist'" in result.error
+
+
+async def test_object_changed_in_place_replaces_the_version_atomically(s3, tmp_path):
+    client, bucket, store = s3
+    old = savedmodel_files(1, extra=40)
+    upload_version(client, bucket, PREFIX, 1, old)
+    await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    live_inode = (tmp_path / "mnist" / "1").stat().st_ino
+
+    new = dict(old)
+    new["variables/variables.data-00000-of-00001"] = random_bytes(90_000, 99)
+    upload(client, bucket, f"{PREFIX}1/variables/variables.data-00000-of-00001", new["variables/variables.data-00000-of-00001"])
+    with ServerView(tmp_path / "mnist", {1: [old, new]}) as view:
+        result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    assert view.violations == []
+    assert result.versions_replaced == [1]
+    assert read_tree(tmp_path / "mnist" / "1") == new
+    # Only the changed object travelled; the others were taken from the old version.
+    assert result.bytes_downloaded == 90_000
+    assert result.bytes_reused == sum(len(b) for rel, b in old.items() if rel != "variables/variables.data-00000-of-00001")
+    # The live directory was swapped, not written into.
+    assert (tmp_path / "mnist" / "1").stat().st_ino != live_inode
+    assert not any((tmp_path / "mnist" / ".staging").iterdir())
+
+
+async def test_multipart_objects_are_fetched_in_ranges_and_verified_part_wise(s3, tmp_path):
+    client, bucket, store = s3
+    uniform = random_bytes(20 * MiB, 1)  # 8 + 8 + 4 MiB parts
+    files = {"saved_model.pb": b"graph", "variables/variables.data-00000-of-00001": uniform}
+    upload_version(client, bucket, PREFIX, 1, files, part_size=8 * MiB)
+    # Parts of different sizes (allowed by S3, produced by some tools): 5, 6, then 1 MiB.
+    uneven = random_bytes(12 * MiB, 2)
+    key = f"{PREFIX}1/variables/uneven.bin"
+    mpu = client.create_multipart_upload(Bucket=bucket, Key=key)
+    parts, start = [], 0
+    for n, size in enumerate((5 * MiB, 6 * MiB, 1 * MiB), start=1):
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=mpu["UploadId"], PartNumber=n, Body=uneven[start:start + size])
+        parts.append({"PartNumber": n, "ETag": part["ETag"]})
+        start += size
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=mpu["UploadId"], MultipartUpload={"Parts": parts})
+    files["variables/uneven.bin"] = uneven
+
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        via_proxy = StoreConfig("ois", proxy.endpoint, "us-east-1", store.access_key, store.secret_key, bucket, "repo")
+        result = await sync_model(via_proxy, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    assert result.error is None, result.error
+    assert read_tree(tmp_path / "mnist" / "1") == files
+    ranged = [r for m, p, r in proxy.log if m == "GET" and "variables.data" in p]
+    assert len(ranged) >= 2 and all(r.startswith("bytes=") for r in ranged)
+    # Every range starts on a part boundary (8 MiB), so each part is hashed as it streams.
+    assert all(int(r[6:].split("-")[0]) % (8 * MiB) == 0 for r in ranged)
+
+
+async def test_interrupted_sync_resumes_keeping_verified_files(s3, tmp_path):
+    client, bucket, store = s3
+    files = savedmodel_files(5, extra=120)
+    upload_version(client, bucket, PREFIX, 5, files)
+    total = sum(map(len, files.values()))
+
+    task = asyncio.create_task(sync_model(store, "mnist", tmp_path, options=dataclasses.replace(TEST_OPTIONS, concurrency=2)))
+    journal = tmp_path / "mnist" / ".staging" / "5.journal"
+    while not (journal.exists() and journal.read_text().count("\n") > 20):
+        await asyncio.sleep(0.005)
+    task.cancel()  # as the agent does when the model changes or it stops
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert numeric_versions(tmp_path / "mnist") == []
+
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert result.error is None and result.versions_added == [5]
+    assert read_tree(tmp_path / "mnist" / "5") == files
+    assert result.bytes_reused > 0
+    assert result.bytes_downloaded + result.bytes_reused == total
+
+
+async def test_unsafe_keys_are_ignored_and_dot_dot_never_escapes(s3, tmp_path):
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, {"model.onnx": b"x" * 10})
+    upload(client, bucket, f"{PREFIX}1/../../escape.txt", b"evil")
+    upload(client, bucket, f"{PREFIX}1/a//b", b"evil")
+    upload(client, bucket, f"{PREFIX}latest/model.onnx", b"not a version")
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert result.error is None
+    assert read_tree(tmp_path / "mnist" / "1") == {"model.onnx": b"x" * 10}
+    assert not any(p.name == "escape.txt" for p in tmp_path.rglob("*"))
+    assert numeric_versions(tmp_path / "mnist") == [1]
+
+    bad = await sync_model(store, "../outside", tmp_path / "models", options=TEST_OPTIONS)
+    assert "invalid model name" in bad.error and not (tmp_path / "outside").exists()
+
+
+async def test_manifest_loss_re_downloads_instead_of_trusting_unknown_files(s3, tmp_path):
+    client, bucket, store = s3
+    files = savedmodel_files(1)
+    upload_version(client, bucket, PREFIX, 1, files)
+    await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    (tmp_path / "mnist" / ".manifest.json").unlink()
+    (tmp_path / "mnist" / "1" / "saved_model.pb").write_bytes(b"tampered")
+
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert result.versions_replaced == [1]
+    assert read_tree(tmp_path / "mnist" / "1") == files
+
+
+async def test_local_file_deleted_behind_the_syncs_back_is_restored(s3, tmp_path):
+    client, bucket, store = s3
+    files = savedmodel_files(1)
+    upload_version(client, bucket, PREFIX, 1, files)
+    await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    os.unlink(tmp_path / "mnist" / "1" / "variables" / "variables.index")
+
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert result.versions_replaced == [1]
+    assert read_tree(tmp_path / "mnist" / "1") == files
+
+
+async def test_object_replaced_between_listing_and_download_is_not_taken(s3, tmp_path):
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, {"model.onnx": b"old" * 100})
+    from agent.modelstore.client import client_for
+    from agent.modelstore.download import Counters, FetchError, Fetcher, Span
+    from agent.modelstore.etag import parse_etag
+    from agent.modelstore.listing import RemoteObject
+
+    listed = client.head_object(Bucket=bucket, Key=f"{PREFIX}1/model.onnx")
+    obj = RemoteObject(f"{PREFIX}1/model.onnx", "model.onnx", 300, parse_etag(listed["ETag"]))
+    upload(client, bucket, obj.key, b"new" * 100)  # same size, other bytes
+    fetcher = Fetcher(client_for(store, TEST_OPTIONS), bucket, TEST_OPTIONS, threading.Event(), Counters())
+    with pytest.raises(FetchError) as failure:
+        fetcher.fetch_span(obj, tmp_path / "model.onnx", Span(0, 300, [300]), True)
+    assert failure.value.final and "PreconditionFailed" in str(failure.value)
