@@ -68,7 +68,7 @@ class Agent:
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
         self._latest: Snapshot | None = None
-        self._saved_version: str | None = None
+        self._saved_tree: dict | None = None
         self._changed = asyncio.Event()
         self._control: web.AppRunner | None = None
         self._console: web.AppRunner | None = None
@@ -149,9 +149,10 @@ class Agent:
             if state is None:
                 continue
             structlog.contextvars.bind_contextvars(node=state.me.instance_id, ip=state.me.ip)
-            if not snap.stale and snap.version != self._saved_version:
+            # Compare trees, not versions: metad's version counter restarts with metad.
+            if not snap.stale and snap.tree != self._saved_tree:
                 await asyncio.to_thread(self.last_good.save, snap)
-                self._saved_version = snap.version
+                self._saved_tree = snap.tree
             self.syncer.update(_store_config(state), state.params.model_name, state.params.model_sync_interval)
             self.commands.submit(state.cmd)
             if self._console_enabled and self._console is None:
