@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import yaml
 
 from tests.foundation_trees import write_tree
@@ -64,15 +65,18 @@ def wait_for(condition, timeout: float, interval: float = 0.05, what: str = "con
 
 
 class Node:
-    """A node: data dir, metadata file, and the agent process."""
+    """A node: data dir, metadata, and the agent process. The metadata is a file the
+    node owns (`tree`), or any other source the agent reads (`source`, e.g. metad)."""
 
-    def __init__(self, data_dir: Path, tree: dict):
+    def __init__(self, data_dir: Path, tree: dict | None = None, *, source: str | None = None, ip: str | None = None):
         self.data_dir = data_dir
         self.metadata = data_dir / "metadata.yaml"
         self.tree = tree
-        self.ip: str = tree["host"]["ip"]
+        self.ip: str = ip or tree["host"]["ip"]
+        self.source = source or str(self.metadata)
         self.proc: subprocess.Popen | None = None
-        write_tree(self.metadata, tree)
+        if tree is not None:
+            write_tree(self.metadata, tree)
 
     @property
     def admin(self) -> str:
@@ -87,7 +91,7 @@ class Node:
         """Start the agent; returns once Envoy serves a prediction through http.port."""
         log = open(self.data_dir / "agent.stderr", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--metadata", str(self.metadata),
+            [sys.executable, "-m", "agent", "run", "--metadata", self.source,
              "--data-dir", str(self.data_dir), "--log-format", "json"],
             stdout=log, stderr=log, start_new_session=True,
         )
@@ -95,7 +99,16 @@ class Node:
 
     def wait_serving(self, port: int = 8080, timeout: float = 60.0) -> None:
         """Wait until a prediction through Envoy succeeds."""
-        wait_for(lambda: self._alive() and predict(self.ip, port)[0] == 200, timeout, 0.2, f"{self.ip}:{port} to serve")
+        wait_for(lambda: self.serving(port), timeout, 0.2, f"{self.ip}:{port} to serve")
+
+    def serving(self, port: int = 8080) -> bool:
+        """True when a prediction through Envoy succeeds; AgentDied if the agent exited."""
+        return self._alive() and predict(self.ip, port)[0] == 200
+
+    def cpu_seconds(self) -> float:
+        """CPU time the agent process has used."""
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
 
     def _alive(self) -> bool:
         if self.proc and self.proc.poll() is not None:
@@ -122,8 +135,12 @@ class Node:
         return json.loads(body)
 
     def upstream_hosts(self, cluster: str = "serving_rest") -> set[str]:
-        """Addresses Envoy currently has in `cluster`."""
-        for c in self.envoy_clusters().get("cluster_statuses", []):
+        """Addresses Envoy currently has in `cluster` (none while Envoy is not up)."""
+        try:
+            statuses = self.envoy_clusters().get("cluster_statuses", [])
+        except ValueError:
+            return set()
+        for c in statuses:
             if c["name"] == cluster:
                 return {h["address"]["socket_address"]["address"] for h in c.get("host_statuses", [])}
         return set()

@@ -5,72 +5,13 @@ fast, and a restart while metad is down serves the last good tree."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
 
 from tests.foundation_trees import add_serving_node, single_node_tree
 from tests.metad_double import MetadDouble
-from tests.node import http, predict, wait_for
-
-
-class AgentProcess:
-    """`inference-agent run --metadata <metad>` as a child process."""
-
-    def __init__(self, spec: str, data_dir: Path, ip: str):
-        self.data_dir = data_dir
-        self.ip = ip
-        log = open(data_dir / "agent.stderr", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--metadata", spec, "--data-dir", str(data_dir),
-             "--no-console", "--log-format", "json"],
-            stdout=log, stderr=log, start_new_session=True,
-        )
-        log.close()
-
-    def cpu_seconds(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
-
-    def upstreams(self) -> set[str]:
-        _, body = http("GET", f"http://{self.ip}:8001/clusters?format=json", timeout=1)
-        try:
-            statuses = json.loads(body).get("cluster_statuses", [])
-        except ValueError:
-            return set()
-        return {h["address"]["socket_address"]["address"]
-                for c in statuses if c["name"] == "serving_rest" for h in c.get("host_statuses", [])}
-
-    def status(self) -> dict:
-        out = subprocess.run([sys.executable, "-m", "agent", "status", "--data-dir", str(self.data_dir)],
-                             capture_output=True, text=True, timeout=30)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-    def serving(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"agent exited: {(self.data_dir / 'agent.stderr').read_text()[-2000:]}")
-        return predict(self.ip)[0] == 200
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        for record in (self.data_dir / "run").glob("*.json"):  # children of a killed agent
-            try:
-                os.killpg(json.loads(record.read_text())["pid"], signal.SIGKILL)
-            except (OSError, ValueError, KeyError):
-                pass
+from tests.node import Node, predict, wait_for
 
 
 def cmd_log(data_dir: Path) -> list[str]:
@@ -84,13 +25,13 @@ async def until(condition, timeout: float, what: str):
 
 
 async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_factory, data_dir):
-    subprocess.run([sys.executable, "-m", "agent", "models", "install-builtin", str(data_dir / "models")],
-                   check=True, capture_output=True)
     cluster = single_node_tree(node_ip)
     del cluster["host"]  # metad derives /self/host from who asks (here: the address asked)
     metad = MetadDouble(cluster, host=node_ip)
     await metad.start()
-    agent = AgentProcess(metad.url, data_dir, node_ip)
+    agent = Node(data_dir, source=metad.url, ip=node_ip)
+    agent.install_models()
+    agent.start()
     try:
         await until(agent.serving, 90, "the node to serve through Envoy")
 
@@ -117,16 +58,16 @@ async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_f
         metad = MetadDouble(changed, host=node_ip, port=metad.port)
         await metad.start()
         back = time.monotonic()
-        await until(lambda: peer in agent.upstreams(), 2, "the change made during the outage")
+        await until(lambda: peer in agent.upstream_hosts(), 2, "the change made during the outage")
         assert time.monotonic() - back < 1.0
         await until(lambda: agent.status()["source_stale_since"] is None, 5, "the source to be live again")
 
         # The agent restarts while metad is down: it serves from the last good tree.
         await metad.stop()
         agent.stop()
-        agent = AgentProcess(metad.url, data_dir, node_ip)
+        agent = Node(data_dir, source=metad.url, ip=node_ip).start()
         await until(agent.serving, 90, "the restarted node to serve")
-        assert peer in agent.upstreams()
+        assert peer in agent.upstream_hosts()
         status = agent.status()
         assert status["source_stale_since"] is not None
         # The command finished before the restart is not run again.
@@ -153,9 +94,9 @@ async def test_two_nodes_each_get_their_own_self(ip_factory, tmp_path):
         for ip in (a, b):
             d = tmp_path / ip
             d.mkdir()
-            agents.append(AgentProcess(metad.url_on(ip), d, ip))
+            agents.append(Node(d, source=metad.url_on(ip), ip=ip).start())
         for agent in agents:
-            await until(lambda agent=agent: agent.upstreams() == {a, b}, 60, f"{agent.ip}'s Envoy")
+            await until(lambda agent=agent: agent.upstream_hosts() == {a, b}, 60, f"{agent.ip}'s Envoy")
             assert agent.status()["node"]["ip"] == agent.ip
     finally:
         for agent in agents:
