@@ -14,17 +14,22 @@ import structlog
 from aiohttp import web
 
 from agent import log
+from agent.console import ConsoleContext, start_console
 from agent.control import create_control_app, start_control
 from agent.files import remove_stale_staging
+from agent.lifecycle import Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metrics import Metrics
+from agent.modelstore import ModelSyncer, store_config_for
 from agent.paths import Paths
 from agent.reconcile import Reconciler
 from agent.render import admin_address
+from agent.selfcmd import CommandRunner
 from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState
 from agent.status import AgentStatus
 from agent.supervisor import Supervisor
+from agent.systemd import SystemdUnits, systemd_mode
 
 logger = log.get(__name__)
 
@@ -45,11 +50,7 @@ class Agent:
     everything it started."""
 
     def __init__(self, paths: Paths, source: Source, *, manage_processes: bool = True, console: bool = True):
-        from agent.modelstore import ModelSyncer
-        from agent.selfcmd import CommandRunner
 
-        from agent.lifecycle import Lifecycle, NodeProcesses
-        from agent.systemd import SystemdUnits, systemd_mode
 
         self.paths = paths
         self.source = source
@@ -153,14 +154,12 @@ class Agent:
             if not snap.stale and snap.tree != self._saved_tree:
                 await asyncio.to_thread(self.last_good.save, snap)
                 self._saved_tree = snap.tree
-            self.syncer.update(_store_config(state), state.params.model_name, state.params.model_sync_interval)
+            self.syncer.update(store_config_for(state), state.params.model_name, state.params.model_sync_interval)
             self.commands.submit(state.cmd)
             if self._console_enabled and self._console is None:
                 await self._start_console(state)
 
     async def _start_console(self, state: ClusterState) -> None:
-        from agent.console import ConsoleContext, start_console
-
         ctx = ConsoleContext(
             paths=self.paths,
             status=self.status_dict,
@@ -174,9 +173,3 @@ class Agent:
         except OSError as e:
             logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
             self._console_enabled = False
-
-
-def _store_config(state: ClusterState):
-    from agent.modelstore import store_config_for
-
-    return store_config_for(state)
