@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from agent import __version__
+
 # name -> (module, help). Command modules keep heavy imports (ONNX Runtime, gRPC,
 # boto3) inside run(), so building the parser stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand's own arguments."""
     parser = argparse.ArgumentParser(prog="inference-agent", description="Inference Engine node agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

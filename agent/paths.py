@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PLATFORM_DATA_DIR = Path("/data")
+
+# The files the agent reads at run time (templates/, config_schema.json, examples/) and
+# those a platform image installs (hooks/, systemd/, platform/, docs/) keep the layout of
+# the checkout's top level. A wheel carries them as package data in agent/_resources
+# (setup.py copies them at build time); an editable install or a plain checkout reads
+# the top level itself.
+PACKAGED_FILES_DIR = "_resources"
+# A file every copy has: how a complete copy is told from a stray directory.
+PROJECT_FILES_MARKER = "config_schema.json"
+
+
+def _project_files() -> Path:
+    """Where the project's files are: the installed package's copy, else the checkout."""
+    packaged = Path(str(importlib.resources.files(__package__ or "agent") / PACKAGED_FILES_DIR))
+    checkout = Path(__file__).resolve().parent.parent
+    for root in (packaged, checkout):
+        if (root / PROJECT_FILES_MARKER).is_file():
+            return root
+    # Neither: a broken install. Errors then name the missing file inside the package.
+    return packaged
+
+
+PROJECT_FILES = _project_files()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agent import __version__
+
 
 @dataclass
 class Rejection:
@@ -35,6 +37,7 @@ class AgentStatus:
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_sync: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    agent_version: str = __version__
 
     @property
     def up_to_date(self) -> bool:

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from agent import PROJECT_ROOT
+from agent import PROJECT_ROOT, __version__
 from agent.hooks import HOOKS
 from agent.monitor import cluster_json_section
 from agent.params import parameter_specs
@@ -88,7 +88,9 @@ def config_json() -> dict:
                 item[k] = p[k]
         env.append(item)
     return {"type": "array", "properties": [
-        {"key": "cluster", "description": "Inference Engine cluster properties", "type": "array", "properties": cluster},
+        # The version the app files were made for: the image's inference-agent --version.
+        {"key": "cluster", "description": f"Inference Engine {__version__} cluster properties", "type": "array",
+         "properties": cluster},
         {"key": "env", "description": "Inference Engine parameters", "type": "array", "properties": env},
     ]}
 

@@ -58,11 +58,13 @@ async def serve_until_signalled(coro) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM."""
     from agent.daemon import Agent
+    from agent.externals import report_missing_externals
     from agent.metadata import open_source
 
     paths = paths_from(args)
     paths.ensure()
     setup_logging(args, paths)
+    report_missing_externals()
     agent = Agent(paths, open_source(args.metadata, **source_options(args)), console=not args.no_console)
     asyncio.run(serve_until_signalled(agent.run()))
     return 0

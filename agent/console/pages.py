@@ -15,7 +15,7 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from agent import PROJECT_ROOT
+from agent import PROJECT_ROOT, __version__
 from agent.console.confine import PathRefused, resolve_under
 from agent.console.context import ConsoleContext
 
@@ -87,6 +87,7 @@ def make_jinja() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(size=human_size, time=format_time, ago=ago, show=show)
+    env.globals["agent_version"] = __version__
     return env
 
 
