@@ -120,8 +120,8 @@ ln -sfn /etc/systemd/system/inference-agent.service "$units/multi-user.target.wa
 # The data layout, made by the agent's own code (agent/paths.py).
 (cd / && "$venv/bin/python" -I -c 'import sys; from pathlib import Path; from agent.paths import Paths; Paths(Path(sys.argv[1])).ensure()' "$destdir/data")
 
-rm -rf "$appdir"
 mkdir -p "$appdir"
+rm -rf "$appdir/config.json" "$appdir/cluster.json.mustache" "$appdir/locale"
 cp -a "$files/platform/config.json" "$files/platform/cluster.json.mustache" "$files/platform/locale" "$appdir/"
 
 echo "inference-agent $version laid out in $destdir; app files for the platform in $appdir"
