@@ -1,4 +1,5 @@
-"""Where a node keeps its models, logs, rendered configuration and agent state."""
+"""Where a node keeps its models, logs, rendered configuration and agent state, and where
+the project's own files (templates, schema, hooks, units) are found."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ PROJECT_FILES_MARKER = "config_schema.json"
 
 def _project_files() -> Path:
     """Where the project's files are: the installed package's copy, else the checkout."""
-    packaged = Path(str(importlib.resources.files(__package__ or "agent") / PACKAGED_FILES_DIR))
+    packaged = Path(str(importlib.resources.files("agent") / PACKAGED_FILES_DIR))
     checkout = Path(__file__).resolve().parent.parent
     for root in (packaged, checkout):
         if (root / PROJECT_FILES_MARKER).is_file():

@@ -84,13 +84,20 @@ fi
 for f in "$venv"/bin/*; do
     [ -f "$f" ] && [ ! -L "$f" ] || continue
     first=$(head -c 512 "$f" | head -n 1 | tr -d '\0')
+    second=$(head -c 1024 "$f" | sed -n 2p | tr -d '\0')
+    body=""
     if [[ "$first" =~ ^\#!"$venv"/bin/python[0-9.]*$ ]]; then
+        body=2  # after a plain shebang
+    elif [ "$first" = "#!/bin/sh" ] && [[ "$second" == "'''exec' "*"$venv/bin/python"* ]]; then
+        body=4  # after pip's own form, for a shebang too long for the kernel
+    fi
+    if [ -n "$body" ]; then
         tmp="$f.relocate"
         {
             printf '#!/bin/sh\n'
             printf "'''exec' \"\$(dirname -- \"\$(readlink -f -- \"\$0\")\")/python\" \"\$0\" \"\$@\"\n"
             printf "' '''\n"
-            tail -n +2 "$f"
+            tail -n +"$body" "$f"
         } > "$tmp"
         chmod --reference="$f" "$tmp"
         mv "$tmp" "$f"

@@ -30,7 +30,7 @@ from agent.hooks import HOOKS, ExitCode
 from tests.conftest import NODE_PORTS, _ip_is_free
 from tests.foundation_trees import single_node_tree, write_tree
 from tests.node import http, predict, wait_for
-from tests.platform_hooks import INSTALL_PREFIX, service
+from tests.platform_hooks import INSTALL_PREFIX, cluster_json, service
 
 PREDICTION = {"predictions": [2.5, 3.0, 4.5]}
 BASE_SITE = sysconfig.get_paths()["purelib"]
@@ -296,6 +296,27 @@ def test_image_units_verify_inside_the_image_root(image):
     found = shutil.which("inference-agent", path=os.pathsep.join(str(root / d.lstrip("/")) for d in path.split(":")))
     assert found == str(image.prefix / "bin" / "inference-agent")
     assert agent_unit["ExecStart"][0].startswith("/usr/bin/env inference-agent run --data-dir /data ")
+
+
+def test_the_image_runs_where_the_platform_puts_it(image, tools, tmp_path):
+    """In a mount namespace of its own, the image's /opt/inference-agent is bind-mounted
+    at /opt/inference-agent: the monitor runs exactly as cluster.json.mustache names it."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespace can be made here (unshare -m)")
+    mount = (f'mount -t tmpfs none /opt && mkdir /opt/inference-agent && '
+             f'mount --bind "{image.prefix}" /opt/inference-agent && exec "$@"')
+    monitor = next(n for n in cluster_json()["nodes"] if n["role"] == "model_serving")["monitor"]["cmd"]
+    assert monitor == f"{INSTALL_PREFIX}/hooks/monitor"
+    env = {**clean_env(tools), "INFERENCE_AGENT_DATA_DIR": str(tmp_path)}
+
+    def run(*argv: str) -> str:
+        out = subprocess.run(["unshare", "-m", "sh", "-c", mount, "sh", *argv], capture_output=True, text=True,
+                             env=env, cwd="/", timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    assert run(f"{INSTALL_PREFIX}/bin/inference-agent", "--version").strip() == f"inference-agent {__version__}"
+    assert json.loads(run(monitor)) == {"agent_up": 0}  # no agent runs on this data directory
 
 
 def test_installed_hooks_drive_an_agent_started_from_the_installed_venv(image, tools, node_ip, tmp_path):
