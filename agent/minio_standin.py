@@ -35,6 +35,9 @@ from urllib.parse import quote
 STORE_DIR = ".s3-standin"
 HEALTH_PATHS = ("/minio/health/live", "/minio/health/ready", "/minio/health/cluster")
 MIN_USER_LENGTH, MIN_PASSWORD_LENGTH = 3, 8  # MinIO's own rule
+# One request's body (a whole object, or one part of a multipart upload: boto3 splits
+# large files into parts of 8 MiB by default); the stand-in holds objects in memory.
+MAX_REQUEST_BYTES = 1 << 30
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MISSING_MOTO = ("the local S3 stand-in for MinIO needs moto: pip install 'inference-agent[repo]' "
@@ -154,6 +157,15 @@ class StandinApp:
         if request.path in HEALTH_PATHS:
             start_response("200 OK", [("Content-Length", "0")])
             return [b""]
+        # Everything is held in memory: bound a request before reading any of it.
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return _error(start_response, "411 Length Required", "MissingContentLength",
+                          "You must provide the Content-Length HTTP header.")
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > MAX_REQUEST_BYTES:
+            return _error(start_response, "400 Bad Request", "EntityTooLarge",
+                          f"Your proposed upload exceeds the maximum allowed object size ({MAX_REQUEST_BYTES} bytes "
+                          "in the S3 stand-in; use multipart uploads or MinIO).")
         key = access_key_of(environ)
         if key is None:
             return _error(start_response, "403 Forbidden", "AccessDenied", "Access Denied.")

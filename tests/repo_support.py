@@ -28,6 +28,11 @@ def minio_on_path(monkeypatch) -> str:
     return found
 
 
+def is_minio_double(minio: str) -> bool:
+    """True when `minio` is the test double, not a real MinIO."""
+    return Path(minio).resolve() == (MINIO_DOUBLE_DIR / "minio").resolve()
+
+
 def path_without_minio() -> str:
     """PATH with every directory that holds a `minio` left out."""
     return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)

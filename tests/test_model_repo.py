@@ -18,7 +18,9 @@ import pytest
 from agent.hooks import ExitCode
 from tests.node import Node, http, wait_for
 from tests.platform_hooks import repo_node_tree, run_hook
-from tests.repo_support import ACCESS_KEY, REPO_ENV, SECRET_KEY, minio_on_path, path_without_minio, repo_client  # noqa: F401
+from tests.repo_support import (  # noqa: F401  (minio_on_path: fixture)
+    ACCESS_KEY, REPO_ENV, SECRET_KEY, is_minio_double, minio_on_path, path_without_minio, repo_client,
+)
 
 
 def minio_pid(node: Node) -> int | None:
@@ -132,3 +134,38 @@ def test_a_missing_minio_binary_is_a_clear_error_in_status_health_and_console(no
         assert status["processes"]["envoy"]["running"]
     finally:
         node.stop()
+
+
+def test_the_s3_stand_in_bounds_requests_before_reading_them(node_ip, tmp_path, minio_on_path):
+    import socket
+    import subprocess
+
+    if not is_minio_double(minio_on_path):
+        pytest.skip("a real MinIO is on PATH: the bounds are MinIO's own")
+    env = {**os.environ, "MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY}
+    proc = subprocess.Popen([minio_on_path, "server", "--address", f"{node_ip}:9000", str(tmp_path / "d")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: live(node_ip), 30, 0.1, "stand-in up")
+        s3 = repo_client(node_ip)
+        s3.create_bucket(Bucket="models")
+
+        def raw(head: str) -> bytes:
+            with socket.create_connection((node_ip, 9000), timeout=5) as sock:
+                sock.sendall(head.encode())
+                return sock.recv(4096)
+
+        auth = f"Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, " \
+               "SignedHeaders=host, Signature=0\r\n"
+        # A declared 100 GiB body is refused at once, before a byte of it is read.
+        answer = raw(f"PUT /models/huge HTTP/1.1\r\nHost: {node_ip}:9000\r\n{auth}Content-Length: {100 << 30}\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400") and b"EntityTooLarge" in answer
+        answer = raw(f"PUT /models/chunked HTTP/1.1\r\nHost: {node_ip}:9000\r\n{auth}Transfer-Encoding: chunked\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 411") and b"MissingContentLength" in answer
+        # Anonymous requests are refused; the stand-in keeps serving.
+        assert http("GET", f"http://{node_ip}:9000/models")[0] == 403
+        s3.put_object(Bucket="models", Key="m/1/model.onnx", Body=b"ok")
+        assert s3.get_object(Bucket="models", Key="m/1/model.onnx")["Body"].read() == b"ok"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
