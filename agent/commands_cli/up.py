@@ -32,15 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"data directory (default: ./{DEFAULT_DATA_DIR})")
     parser.add_argument("--nodes", type=int, default=1, choices=range(1, 65), metavar="N",
                         help="number of local serving nodes, on 127.0.0.1..N (default: 1)")
+    parser.add_argument("--first-ip", default="127.0.0.1", type=_loopback,
+                        help="with --repo: address of the first node; the others follow it (default: 127.0.0.1)")
     parser.add_argument("--repo", action="store_true",
                         help="add a model_repo node running MinIO (or, where MinIO is not installed, the local S3 "
-                             "stand-in) on 127.0.0.(N+1); the serving nodes sync their models from it")
+                             "stand-in) after the N serving nodes; the serving nodes sync their models from it")
     parser.add_argument(
         "--metadata",
         help="metadata file of a single node (default: a copy of examples/single-node.yaml in the data "
              "directory, which you can edit while the node runs)",
     )
     add_logging(parser)
+
+
+def _loopback(text: str) -> str:
+    import ipaddress
+
+    try:
+        ip = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+    if not ip.is_loopback:
+        raise argparse.ArgumentTypeError(f"{text} is not a loopback address (127.0.0.0/8): local nodes run on loopback")
+    return str(ip)
 
 
 def cluster_trees(ips: list[str], repo_ip: str | None = None, **env: str) -> list[dict]:
@@ -178,8 +192,13 @@ def run_with_repo(args: argparse.Namespace, root: Paths) -> int:
     from agent.commands_cli.run import serve_until_signalled
 
     standin = minio_or_standin(root.data_dir / "bin")
-    ips = [f"127.0.0.{k}" for k in range(1, args.nodes + 1)]
-    repo_ip = f"127.0.0.{args.nodes + 1}"
+    import ipaddress
+
+    first = ipaddress.IPv4Address(args.first_ip)
+    if not (first + args.nodes).is_loopback:
+        raise SystemExit(f"inference-agent up: {args.nodes + 1} nodes from {first} leave 127.0.0.0/8")
+    ips = [str(first + k) for k in range(args.nodes)]
+    repo_ip = str(first + args.nodes)
     repo_paths = Paths(root.data_dir / "repo")
     env = {"s3.type": "minio", "model.sync.interval": REPO_SYNC_INTERVAL,
            **repo_credentials(repo_paths.data_dir / "metadata.yaml")}
