@@ -4,9 +4,10 @@ health action runs.
 A node is healthy if and only if its Envoy is ready, its model server reports
 model.name AVAILABLE (serving nodes), its MinIO answers its liveness probe (a model_repo
 node with s3.type minio), nothing it should run is missing (status `problems`), and the
-agent has applied the newest metadata it received. The repair restarts only what is broken: Envoy when it is not ready, the
-model server or MinIO when it does not answer; a model that is not available while its server
-answers, or metadata that was refused, is not fixed by a restart and is only reported.
+agent has applied the newest metadata it received. The repair restarts only what is
+broken: Envoy when it is not ready, the model server or MinIO when it does not answer; a
+model that is not available while its server answers, a missing binary, or metadata that
+was refused, is not fixed by a restart and is only reported.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ MIN_USER_LENGTH, MIN_PASSWORD_LENGTH = 3, 8  # MinIO's own rule
 # One request's body (a whole object, or one part of a multipart upload: boto3 splits
 # large files into parts of 8 MiB by default); the stand-in holds objects in memory.
 MAX_REQUEST_BYTES = 1 << 30
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MISSING_MOTO = ("the local S3 stand-in for MinIO needs moto: pip install 'inference-agent[repo]' "
@@ -76,6 +77,8 @@ class Mirror:
         self.lock = threading.Lock()
 
     def _bucket_dir(self, bucket: str) -> Path:
+        if not _BUCKET.fullmatch(bucket):  # never a path outside the store, whatever the server took
+            raise ValueError(f"bucket name {bucket!r} is not a valid S3 bucket name")
         return self.root / bucket
 
     def _object_path(self, bucket: str, key: str) -> Path:
@@ -192,7 +195,7 @@ class StandinApp:
 
     def _mirror(self, request: Any) -> None:
         bucket, _, key = request.path.lstrip("/").partition("/")
-        if not bucket:
+        if not _BUCKET.fullmatch(bucket):
             return
         args, method = request.args, request.method
         if not key:

@@ -169,3 +169,14 @@ def test_the_s3_stand_in_bounds_requests_before_reading_them(node_ip, tmp_path, 
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_health_action_restarts_a_hung_minio(repo):
+    pid = minio_pid(repo)
+    os.kill(pid, signal.SIGSTOP)  # running, but no longer answering
+    check = run_hook(repo.data_dir, "health_check.check_cmd", role="model_repo")
+    assert check.code == ExitCode.FAILED and f"MinIO does not answer on {repo.ip}:9000" in check.stdout
+    action = run_hook(repo.data_dir, "health_check.action_cmd", role="model_repo")
+    assert action.code == ExitCode.OK, action.stdout + action.stderr
+    assert "restarted minio\n" in action.stdout
+    assert minio_pid(repo) not in (None, pid) and live(repo.ip)
