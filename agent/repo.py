@@ -85,8 +85,8 @@ def plan_minio(state: ClusterState, paths: Paths) -> MinioPlan:
     if binary is None:
         return MinioPlan(problem=(
             "MinIO is not installed: no `minio` executable on PATH, so the model repository at "
-            f"{minio_address(state.me.ip)} is down; install MinIO's server binary (or run "
-            "`inference-agent up --repo` for a local try-out)"
+            f"{minio_address(state.me.ip)} is down; install MinIO's server binary as `minio` on PATH and "
+            "restart the agent (for a local try-out without MinIO: `inference-agent up --repo`)"
         ))
     p = state.params
     if len(p.s3_access_key) < MIN_USER_LENGTH or len(p.s3_secret_key) < MIN_PASSWORD_LENGTH:

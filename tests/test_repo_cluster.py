@@ -106,6 +106,8 @@ async def test_serving_nodes_sync_verify_and_serve_pushed_models_and_ride_out_a_
                 await wait(lambda: (s := sync_status(n))["last_success_at"] and s["last_success_at"] > back_at, 90,
                            f"{n.ip} to sync again")
             await load1.wait_requests(50)
+        print(f"repository down {back_at - down_at:.1f} s, syncing again {time.time() - back_at:.1f} s after; "
+              f"load: {load1.result} / {load2.result}")
         assert load1.result.failed == 0 and load2.result.failed == 0, (load1.result, load2.result)
 
         # The repository kept its data across the outage, and a version pushed now is served by all.
