@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import boto3
@@ -23,6 +24,7 @@ def minio_on_path(monkeypatch) -> str:
     """The `minio` the agents will run: a real one on PATH, else the test double."""
     if shutil.which("minio") is None:
         monkeypatch.setenv("PATH", f"{MINIO_DOUBLE_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
+        monkeypatch.setenv("MINIO_DOUBLE_PYTHON", sys.executable)
     found = shutil.which("minio")
     assert found, "no minio on PATH"
     return found

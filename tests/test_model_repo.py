@@ -54,8 +54,13 @@ def test_minio_runs_with_its_command_line_private_env_file_and_data_path(repo, m
     pid = minio_pid(repo)
     proc = psutil.Process(pid)
     data = repo.data_dir / "minio" / "data"
-    # (The test double is a script: its interpreter comes first.)
-    assert proc.cmdline()[-5:] == [minio_on_path, "server", "--address", f"{repo.ip}:9000", str(data)]
+    # What the agent ran (the test double execs Python: its own command line differs).
+    record = json.loads((repo.data_dir / "run" / "minio.json").read_text())
+    assert record["spec"][0] == [minio_on_path, "server", "--address", f"{repo.ip}:9000", str(data)]
+    if not is_minio_double(minio_on_path):
+        assert proc.cmdline() == record["spec"][0]
+    else:
+        assert proc.cmdline()[-4:] == ["server", "--address", f"{repo.ip}:9000", str(data)]
     # The credentials reach MinIO through its environment only, from a file of mode 0600.
     assert not any(SECRET_KEY in word or ACCESS_KEY in word for word in proc.cmdline())
     env = proc.environ()
