@@ -25,8 +25,9 @@ from agent.modelstore import ModelSyncer, store_config_for
 from agent.paths import Paths
 from agent.reconcile import Reconciler
 from agent.render import admin_address
+from agent.repo import RepoSeeder
 from agent.selfcmd import CommandRunner
-from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState
+from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role
 from agent.status import AgentStatus
 from agent.supervisor import Supervisor
 from agent.systemd import SystemdUnits, systemd_mode
@@ -65,6 +66,7 @@ class Agent:
             self.supervisor = self.lifecycle.processes = NodeProcesses(inner, self.lifecycle)
         self.reconciler = Reconciler(paths, self.status, self.metrics, self.supervisor)
         self.syncer = ModelSyncer(paths.models, self.metrics)
+        self.repo = RepoSeeder(paths)
         self.commands = CommandRunner(paths.logs, paths.state, self.metrics)
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
@@ -79,6 +81,7 @@ class Agent:
         if self.supervisor:
             self.status.processes = self.supervisor.status()
         self.status.model_sync = self.syncer.status()
+        self.status.repository = self.repo.status()
         if hasattr(self.source, "stale_since"):  # live sources know when they lost their server
             self.status.source_stale_since = self.source.stale_since
         return self.status.to_dict()
@@ -96,6 +99,7 @@ class Agent:
                 tg.create_task(self._consume(), name="metadata")
                 tg.create_task(self._apply_loop(), name="reconcile")
                 tg.create_task(self.syncer.run(), name="model-sync")
+                tg.create_task(self.repo.run(), name="repository-seed")
                 tg.create_task(self.commands.run(), name="commands")
         finally:
             await asyncio.shield(self._shutdown())
@@ -154,7 +158,11 @@ class Agent:
             if not snap.stale and snap.tree != self._saved_tree:
                 await asyncio.to_thread(self.last_good.save, snap)
                 self._saved_tree = snap.tree
-            self.syncer.update(store_config_for(state), state.params.model_name, state.params.model_sync_interval)
+            # Only serving nodes keep local copies; the model_repo node holds the store itself.
+            serving = state.me.role is Role.MODEL_SERVING
+            self.syncer.update(store_config_for(state) if serving else None, state.params.model_name,
+                               state.params.model_sync_interval)
+            self.repo.update(state)
             self.commands.submit(state.cmd)
             if self._console_enabled and self._console is None:
                 await self._start_console(state)

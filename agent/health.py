@@ -2,10 +2,12 @@
 health action runs.
 
 A node is healthy if and only if its Envoy is ready, its model server reports
-model.name AVAILABLE (serving nodes), and the agent has applied the newest metadata it
-received. The repair restarts only what is broken: Envoy when it is not ready, the
-model server when it does not answer; a model that is not available while its server
-answers, or metadata that was refused, is not fixed by a restart and is only reported.
+model.name AVAILABLE (serving nodes), its MinIO answers its liveness probe (a model_repo
+node with s3.type minio), nothing it should run is missing (status `problems`), and the
+agent has applied the newest metadata it received. The repair restarts only what is
+broken: Envoy when it is not ready, the model server or MinIO when it does not answer; a
+model that is not available while its server answers, a missing binary, or metadata that
+was refused, is not fixed by a restart and is only reported.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from agent import log
 from agent.plan import ENVOY, MODEL_SERVER
 from agent.reconcile import model_state
+from agent.repo import HEALTH_PATH, MINIO, minio_address, minio_live, runs_minio
 from agent.state import Role
 
 if TYPE_CHECKING:
@@ -37,6 +40,8 @@ class HealthReport:
     model_available: bool | None
     metadata_applied: bool
     reasons: tuple[str, ...]
+    # None on a node without MinIO (every node but a model_repo node with s3.type minio).
+    minio_live: bool | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -74,10 +79,16 @@ async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
 
     serving = state.me.role is Role.MODEL_SERVING
     name = state.params.model_name
-    ready, model = await asyncio.gather(
+    minio = runs_minio(state)
+    ready, model, live = await asyncio.gather(
         agent.reconciler.admin(state).ready(),
         model_state(state.me.ip, name) if serving else _none(),
+        minio_live(state.me.ip) if minio else _none(),
     )
+    problems = list(agent.status.problems)
+    reasons += problems
+    if minio and not live and not problems:
+        reasons.append(f"MinIO does not answer on {minio_address(state.me.ip)}{HEALTH_PATH}")
     if not ready:
         reasons.append("Envoy is not ready")
     answering = (model is not None) if serving else None
@@ -86,8 +97,10 @@ async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
         reasons.append("the model server does not answer")
     elif serving and not model:
         reasons.append(f"the model server does not report {name} AVAILABLE")
-    healthy = ready and applied and available is not False and not lifecycle.stopped and not lifecycle.draining
-    return HealthReport(healthy, ready, answering, available, applied, tuple(reasons))
+    live = bool(live) if minio else None
+    healthy = (ready and applied and available is not False and live is not False and not problems
+               and not lifecycle.stopped and not lifecycle.draining)
+    return HealthReport(healthy, ready, answering, available, applied, tuple(reasons), live)
 
 
 async def _none() -> None:
@@ -104,6 +117,8 @@ async def repair(agent: "Agent", lifecycle: "Lifecycle", report: HealthReport) -
         restarted.append(ENVOY)
     if report.model_server_answering is False:
         restarted.append(MODEL_SERVER)
+    if report.minio_live is False and processes.pid(MINIO) is not None:
+        restarted.append(MINIO)  # running but not answering (a missing binary is only reported)
     for name in restarted:
         logger.warning("health.restart", process=name, reasons=list(report.reasons))
         await processes.restart(name)

@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from agent.paths import Paths, default_paths
@@ -124,15 +123,11 @@ async def read_state(hook: Hook):
         raise HookFailed(ExitCode.REFUSED, "metadata refused:\n  " + "\n  ".join(map(str, e.problems))) from None
 
 
-def minio_data_dir(paths: Paths) -> Path:
-    """Where the model_repo node's MinIO keeps its data."""
-    return paths.data_dir / "minio" / "data"
-
-
 def prepare_node(paths: Paths, state) -> list[str]:
     """Directories and permissions, and the built-in models where this node needs
     them: on local disk (serving node, s3.type none) or staged for the bucket
     (model_repo node with MinIO). Idempotent; returns what it did."""
+    from agent.repo import minio_data_dir
     from agent.serving.builtin_models import install_builtin
     from agent.state import Role
 
@@ -154,20 +149,18 @@ def prepare_node(paths: Paths, state) -> list[str]:
     return done
 
 
-async def seed_repository(hook: Hook, state) -> list[str]:
-    """Upload the built-in models staged by init into the model repository (MinIO on
-    this model_repo node), each only where its prefix holds nothing yet; waits for the
-    store to answer until the hook's deadline. Returns the models uploaded."""
-    from agent.modelstore import StoreError, seed_bucket, store_config_for
-
-    store = store_config_for(state)
+async def wait_seeded(hook: Hook) -> dict[str, Any]:
+    """Wait until the agent has seeded this model_repo node's MinIO with the built-in
+    models staged by init (it does so once, when MinIO first answers: agent/repo.py);
+    FAILED with the agent's last error at the hook's deadline. Returns what was seeded."""
     while True:
-        try:
-            return await seed_bucket(store, hook.paths.models)
-        except StoreError as e:
-            if hook.remaining() <= 3:
-                raise HookFailed(ExitCode.FAILED, f"cannot seed the model repository: {e}") from None
-            await asyncio.sleep(1)
+        repository = (await hook.call("GET", "/status")).get("repository") or {}
+        if repository.get("seed") == "done":
+            return repository["seeded"]
+        if hook.remaining() <= 3:
+            raise HookFailed(ExitCode.FAILED, "the model repository is not seeded: "
+                             f"{repository.get('error') or repository.get('seed') or 'unknown'}")
+        await asyncio.sleep(0.5)
 
 
 # --- waiting for the agent ------------------------------------------------------------
@@ -220,8 +213,8 @@ async def hook_init(hook: Hook) -> int:
 
 async def hook_start(hook: Hook) -> int:
     """Start the services and wait until this node serves model.name (its health
-    check passes); on a model_repo node with MinIO, seed the bucket with the built-in
-    models."""
+    check passes); on a model_repo node with MinIO, until the agent has seeded the
+    bucket with the built-in models."""
     from agent.state import Role
 
     await ensure_agent(hook)
@@ -230,9 +223,10 @@ async def hook_start(hook: Hook) -> int:
     status = await hook.call("GET", "/status")
     node, params = status["node"], status["params"]
     if node.get("role") == Role.MODEL_REPO.value and params.get("s3.type") == "minio":
-        state = await read_state(hook)
-        for model in await seed_repository(hook, state):
-            hook.say(f"seeded {model} into {state.params.model_base_path}")
+        seeded = await wait_seeded(hook)
+        hook.say(f"model repository {seeded['location']}: built-in models seeded at "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(seeded['at']))}: "
+                 f"{', '.join(seeded['models']) or 'none needed'}")
     what = f"serves {params.get('model.name')}" if node.get("role") == Role.MODEL_SERVING.value else "is up"
     hook.say(f"node {node.get('instance_id')} {what} ({time.monotonic() - hook.started:.1f}s)")
     return ExitCode.OK

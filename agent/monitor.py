@@ -75,6 +75,8 @@ ITEMS: tuple[MonitorItem, ...] = (
     MonitorItem("model_available", "", "latest"),
     MonitorItem("metadata_lag", "s", "max"),
     MonitorItem("model_sync_lag", "s", "max"),
+    # 1 while the model_repo node's MinIO answers its liveness probe; 0 on other nodes.
+    MonitorItem("minio_up", "", "latest"),
 )
 GROUPS = {
     "requests": ["requests_2xx", "requests_4xx", "requests_5xx"],
@@ -84,7 +86,7 @@ GROUPS = {
     "lag": ["metadata_lag", "model_sync_lag"],
 }
 DISPLAY = ["requests_per_second", "requests", "latency", "resources", "process_memory",
-           "loaded_models", "model_available", "lag", "healthy"]
+           "loaded_models", "model_available", "lag", "healthy", "minio_up"]
 ALARM = ["healthy", "model_available", "requests_5xx", "latency_p99", "cpu_usage", "memory_usage", "metadata_lag"]
 
 
@@ -222,6 +224,7 @@ async def collect(agent: "Agent", sampler: Sampler, health_check: Awaitable["Hea
         return_exceptions=True,
     )
     values["healthy"] = int(not isinstance(report, BaseException) and report.healthy)
+    values["minio_up"] = int(not isinstance(report, BaseException) and report.minio_live is True)
     if isinstance(envoy, BaseException):
         logger.debug("monitor.envoy_unreachable", error=str(envoy) or type(envoy).__name__)
     else:

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from agent.envoy import envoy_argv
 from agent.paths import Paths
+from agent.repo import MINIO, plan_minio  # noqa: F401  (MINIO: a process name, beside ENVOY's)
 from agent.render import RenderedFile, render_envoy, render_models_config
 from agent.state import SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role
 from agent.supervisor import ProcessSpec
@@ -28,6 +29,9 @@ class NodePlan:
     files: tuple[RenderedFile, ...]
     processes: tuple[ProcessSpec, ...]
     serving_models: tuple[str, ...]
+    # Why a process the node should run cannot (e.g. no `minio` executable): status,
+    # health and the console show these.
+    problems: tuple[str, ...] = ()
 
 
 def serving_threads(state: ClusterState) -> int:
@@ -57,4 +61,9 @@ def make_plan(
             SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),
         )
         processes.append(ProcessSpec(MODEL_SERVER, tuple(argv), paths.logs / MODEL_SERVER_LOG))
-    return NodePlan(state, tuple(files), tuple(processes), serving_models)
+    minio = plan_minio(state, paths)
+    files.extend(minio.files)
+    if minio.process is not None:
+        processes.append(minio.process)
+    problems = (minio.problem,) if minio.problem else ()
+    return NodePlan(state, tuple(files), tuple(processes), serving_models, problems)

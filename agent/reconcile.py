@@ -121,6 +121,7 @@ class Reconciler:
         self.state = state
         self._applied_tree = snap.tree
         self._serving_models = plan.serving_models
+        self.status.problems = list(plan.problems)
         self._mark_applied(snap)
         self._update_status(state)
         return state

@@ -20,6 +20,7 @@ from typing import Protocol
 import psutil
 
 from agent import log
+from agent.envfile import read_env
 from agent.metrics import Metrics
 
 logger = log.get(__name__)
@@ -40,6 +41,10 @@ class ProcessSpec:
     env: tuple[tuple[str, str], ...] = ()
     # Bumped to restart a process whose command line is unchanged (e.g. new bootstrap content).
     generation: str = ""
+    # Variables read from this file (agent/envfile.py, mode 0600) at each start: secrets
+    # reach the process without its command line, the pid record or status. Put a hash
+    # of the file's content in `generation` so that a change restarts the process.
+    env_file: Path | None = None
 
 
 class ProcessManager(Protocol):
@@ -63,6 +68,7 @@ class ProcessState:
     started_at: float | None = None
     last_exit: int | None = None
     adopted: bool = False
+    error: str | None = None  # why the last start failed
 
 
 @dataclass
@@ -183,14 +189,21 @@ class Supervisor:
     async def _run_once(self, m: _Managed) -> None:
         spec = m.spec
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(spec.log_file, "ab") as out:
-            env = {**os.environ, **dict(spec.env)}
-            # Own session: stop signals reach the whole process group, and a Ctrl-C
-            # in the agent's terminal does not hit the children first.
-            proc = await asyncio.create_subprocess_exec(
-                *spec.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-                env=env, start_new_session=True,
-            )
+        try:
+            with open(spec.log_file, "ab") as out:
+                env = {**os.environ, **dict(spec.env)}
+                if spec.env_file is not None:
+                    env.update(read_env(spec.env_file))
+                # Own session: stop signals reach the whole process group, and a Ctrl-C
+                # in the agent's terminal does not hit the children first.
+                proc = await asyncio.create_subprocess_exec(
+                    *spec.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+                    env=env, start_new_session=True,
+                )
+        except OSError as e:  # a binary or file gone since the plan: retried with backoff
+            m.state = ProcessState(restarts=m.state.restarts, error=f"cannot start {spec.argv[0]}: {e.strerror or e}")
+            logger.error("process.start_failed", process=spec.name, error=m.state.error)
+            return
         ps = psutil.Process(proc.pid)
         self._record_path(spec.name).write_text(json.dumps(
             {"pid": proc.pid, "create_time": ps.create_time(), "spec": _spec_key(spec)}
@@ -208,7 +221,9 @@ class Supervisor:
 
 
 def _spec_key(spec: ProcessSpec) -> list:
-    return [list(spec.argv), [list(e) for e in spec.env], spec.generation]
+    key = [list(spec.argv), [list(e) for e in spec.env], spec.generation]
+    # Only when set: the records of processes without one stay as they were (adoption).
+    return key + [str(spec.env_file)] if spec.env_file is not None else key
 
 
 async def _terminate_pid(pid: int) -> None:

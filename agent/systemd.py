@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 import psutil
 
 from agent import log
+from agent.envfile import env_lines, read_env
 from agent.files import replace_files
 from agent.render import RenderedFile
 from agent.supervisor import ProcessSpec
@@ -99,13 +100,13 @@ async def keep_watchdog(interval: float, alive: Callable[[], Awaitable[bool]]) -
 
 def unit_for(spec: ProcessSpec) -> str:
     """The unit that runs `spec` (by process name; the model server by backend)."""
-    from agent.plan import ENVOY, MODEL_SERVER
+    from agent.plan import ENVOY, MINIO, MODEL_SERVER
 
     if spec.name == ENVOY:
         return ENVOY_UNIT
     if spec.name == MODEL_SERVER:
         return TFSERVING_UNIT if Path(spec.argv[0]).name == "tensorflow_model_server" else BUILTIN_SERVER_UNIT
-    if spec.name == "minio":
+    if spec.name == MINIO:
         return MINIO_UNIT
     raise ValueError(f"no systemd unit for process {spec.name!r} (units: {', '.join(UNITS)})")
 
@@ -118,19 +119,13 @@ def _env_word(word: str, what: str) -> str:
     return word
 
 
-def _env_value(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
-    return f'"{escaped}"'
-
-
 def env_file_content(spec: ProcessSpec) -> bytes:
     """The environment file of `spec`'s unit: its variables, then ARGV."""
     lines = [f"# Written by inference-agent for {spec.name}; edits are overwritten.",
              f"# generation {spec.generation or '-'}"]
-    for key, value in spec.env:
-        if not key.isidentifier():
-            raise ValueError(f"{spec.name}: environment variable name {key!r} is not valid")
-        lines.append(f"{key}={_env_value(value)}")
+    # The variables of the process's own environment file (its secrets) come first.
+    pairs = list(read_env(spec.env_file).items()) if spec.env_file is not None else []
+    lines += env_lines(pairs + list(spec.env), spec.name)
     lines.append("ARGV=" + " ".join(_env_word(w, f"{spec.name} argv") for w in spec.argv))
     return ("\n".join(lines) + "\n").encode()
 

@@ -75,3 +75,38 @@ def test_three_node_example_is_what_up_runs():
 
     shipped = [yaml.safe_load((PROJECT_ROOT / "examples" / "three-node" / f"node{k}.yaml").read_text()) for k in (1, 2, 3)]
     assert shipped == cluster_trees(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+
+
+def test_up_with_a_repo_node_syncs_the_serving_nodes_from_it_and_stops_on_ctrl_c(tmp_path, monkeypatch):
+    import ipaddress
+
+    from tests.conftest import _ip_is_free, allocate_loopback_ip
+    from tests.repo_support import path_without_minio
+
+    first = allocate_loopback_ip()
+    while not _ip_is_free(str(ipaddress.IPv4Address(first) + 1)):
+        first = allocate_loopback_ip()
+    serving_ip, repo_ip = first, str(ipaddress.IPv4Address(first) + 1)
+    data = tmp_path / "inference-data"
+    # No MinIO installed: up runs the package's local S3 stand-in and says so.
+    monkeypatch.setenv("PATH", path_without_minio())
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "up", "--nodes", "1", "--repo", "--first-ip", first,
+                             "--data-dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: predict(serving_ip)[1] == {"predictions": [2.5, 3.0, 4.5]}, 120, 0.2, "up --repo to serve")
+        # The serving node's model came from the repository, not from a local install.
+        assert {p.name for p in (data / "node1" / "models").iterdir() if not p.name.startswith(".")} == {"half_plus_two"}
+        repo = yaml.safe_load((data / "repo" / "metadata.yaml").read_text())
+        assert repo["host"] == dict(repo["host"], ip=repo_ip, role="model_repo")
+        keys = repo["env"]["s3.access.key"], repo["env"]["s3.secret.key"]
+        assert keys[0].startswith("local-") and len(keys[1]) >= 24  # generated: no default key ships
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("minio" in " ".join(c.cmdline()) for c in children)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"model repository on {repo_ip}:9000" in err and "local S3 stand-in" in err
+    assert keys[1] not in err  # the banner names the file holding the secret, not the secret
+    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+             15, 0.1, "MinIO, Envoy and the model server to stop")

@@ -22,6 +22,7 @@ from tests.foundation_trees import single_node_tree, write_tree
 from tests.load import Load
 from tests.node import Node, http, predict, wait_for
 from tests.platform_hooks import MONITOR_LIMIT, repo_node_tree, run_hook
+from tests.repo_support import minio_on_path  # noqa: F401  (fixture)
 
 ACCESS_KEY = "hook-test-access"
 SECRET_KEY = "hook-test-secret-not-a-default"
@@ -84,9 +85,7 @@ def test_init_refuses_object_storage_without_credentials(node_ip, data_dir, s3_t
     assert not (data_dir / "models").exists()
 
 
-def test_model_repo_init_then_start_seeds_the_bucket_with_the_builtin_models(node_ip, data_dir):
-    from test_modelstore_support import MotoServer
-
+def test_model_repo_init_then_start_seeds_the_bucket_with_the_builtin_models(node_ip, data_dir, minio_on_path):
     tree = repo_node_tree(node_ip, **{"s3.type": "minio", "s3.access.key": ACCESS_KEY, "s3.secret.key": SECRET_KEY,
                                       "model.base.path": "s3://models/prod"})
     metadata = data_dir / "metadata.yaml"
@@ -95,27 +94,25 @@ def test_model_repo_init_then_start_seeds_the_bucket_with_the_builtin_models(nod
     assert run.code == ExitCode.OK, run.stderr
     assert stat.S_IMODE((data_dir / "minio" / "data").stat().st_mode) == 0o700
 
-    # MinIO's place on the node (ip:9000) is taken by a real S3 endpoint.
-    store = MotoServer(node_ip, 9000).start()
+    # The agent runs the node's MinIO (the test double unless a real one is on PATH) on ip:9000.
     agent = Node(data_dir, tree).start()
     try:
         wait_for(lambda: applied_version(agent), 20, what="the agent")
         run = run_hook(data_dir, "start", {}, role="model_repo", metadata=metadata)
         assert run.code == ExitCode.OK, run.stderr
-        assert "seeded half_plus_two into s3://models/prod" in run.stdout
-        s3 = boto3.client("s3", endpoint_url=store.endpoint, aws_access_key_id=ACCESS_KEY,
+        assert "model repository s3://models/prod" in run.stdout and "half_plus_two, resnet" in run.stdout
+        s3 = boto3.client("s3", endpoint_url=f"http://{node_ip}:9000", aws_access_key_id=ACCESS_KEY,
                           aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
                           config=Config(s3={"addressing_style": "path"}))
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="prod/")["Contents"]}
         assert "prod/half_plus_two/1/model.onnx" in keys and "prod/resnet/1/model.onnx" in keys
-        # A model the operator already put in the bucket is never overwritten.
+        # A model the operator already put in the bucket is never overwritten: seeding is done once.
         s3.put_object(Bucket="models", Key="prod/resnet/1/model.onnx", Body=b"operator's own")
-        run = run_hook(data_dir, "start", {}, role="model_repo", metadata=metadata)
-        assert run.code == ExitCode.OK and "seeded" not in run.stdout
+        run = run_hook(data_dir, "restart", {}, role="model_repo", metadata=metadata)
+        assert run.code == ExitCode.OK, run.stderr
         assert s3.get_object(Bucket="models", Key="prod/resnet/1/model.onnx")["Body"].read() == b"operator's own"
     finally:
         agent.stop()
-        store.stop()
 
 
 def test_stop_lets_in_flight_requests_finish_and_holds_the_services_down_until_start(node):

@@ -27,6 +27,7 @@ from agent.systemd import (
 )
 from tests.foundation_trees import write_tree
 from tests.platform_hooks import repo_node_tree
+from tests.repo_support import ACCESS_KEY, REPO_ENV, SECRET_KEY, minio_on_path  # noqa: F401  (fixture)
 
 UNITS_DIR = PROJECT_ROOT / "systemd"
 UNIT_FILES = sorted(UNITS_DIR.glob("*.service"))
@@ -204,6 +205,34 @@ async def test_systemd_mode_writes_private_command_lines_and_restarts_only_chang
     assert calls() == []
     await units.ensure(_specs(4, backend_binary=tf)[:1])
     assert ["stop", TFSERVING_UNIT] in calls()
+
+
+async def test_systemd_mode_runs_minio_with_its_credentials_only_in_the_private_env_file(
+        tmp_path, systemctl, minio_on_path, node_ip):
+    from agent.paths import Paths
+    from agent.plan import make_plan
+    from agent.state import parse_cluster_state, normalize_tree
+    from agent.systemd import MINIO_UNIT
+
+    script, calls = systemctl
+    paths = Paths(tmp_path / "data")
+    state = parse_cluster_state(normalize_tree(repo_node_tree(node_ip, **REPO_ENV)))
+    plan = make_plan(state, paths, None, ())
+    minio = next(p for p in plan.processes if p.name == "minio")
+    env_file = next(f for f in plan.files if f.path == paths.conf / "minio.env")
+    assert env_file.mode == 0o600 and plan.problems == ()
+    env_file.path.parent.mkdir(parents=True)
+    env_file.path.write_bytes(env_file.content)
+    units = SystemdUnits(tmp_path / "conf" / "systemd", systemctl=str(script))
+    await units.ensure([minio])
+    unit_env = tmp_path / "conf" / "systemd" / "minio.env"
+    assert stat.S_IMODE(unit_env.stat().st_mode) == 0o600
+    text = unit_env.read_text()
+    assert f'MINIO_ROOT_USER="{ACCESS_KEY}"' in text and f'MINIO_ROOT_PASSWORD="{SECRET_KEY}"' in text
+    argv = next(line for line in text.splitlines() if line.startswith("ARGV="))
+    assert argv == f"ARGV={minio_on_path} server --address {node_ip}:9000 {paths.data_dir / 'minio' / 'data'}"
+    assert ["restart", MINIO_UNIT] in calls()
+    assert units.status()["minio"]["unit"] == MINIO_UNIT
 
 
 def test_command_lines_that_systemd_would_split_differently_are_refused():
