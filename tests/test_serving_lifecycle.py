@@ -147,7 +147,7 @@ def test_broken_versions_are_reported_and_do_not_disturb_the_others(models, serv
     (saved / "1" / "saved_model.pb").write_bytes(b"")
     server = server_factory([{"name": n, "base_path": models / n} for n in ("half_plus_two", "corrupt", "empty", "saved")])
     server.wait_available("half_plus_two")
-    for name, text in (("corrupt", "not a valid ONNX model"), ("empty", "empty"), ("saved", "tfserving")):
+    for name, text in (("corrupt", "not a valid ONNX model"), ("empty", "empty"), ("saved", "no MetaGraphDef tagged 'serve'")):
         wait_for(lambda: server.states(name) == {1: "END"}, timeout=30, what=f"{name} reported")
         (entry,) = server.get(f"/v1/models/{name}")[1]["model_version_status"]
         assert entry["status"]["error_code"] != "OK" and text in entry["status"]["error_message"], entry

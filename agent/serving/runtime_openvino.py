@@ -121,6 +121,10 @@ class OpenVinoServable(Servable):
         declared, io_names = _onnx_info(model_file)
         inputs = {s.name: s for s in (_spec(p, io_names) for p in model.inputs)}
         outputs = {s.name: s for s in (_spec(p, io_names) for p in model.outputs)}
+        strings = sorted(n for n, spec in {**inputs, **outputs}.items() if spec.dtype == STRING)
+        if strings:
+            # The server's string tensors are numpy object arrays, which OpenVINO does not take.
+            raise LoadError(f"{model_file}: string tensors ({', '.join(strings)}) are not run on OpenVINO")
         sidecar = path / SIGNATURES_FILE
         if sidecar.is_file():
             declared = sidecar.read_text()
