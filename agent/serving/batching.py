@@ -97,6 +97,10 @@ class BatchingServable(Servable):
         self._queue: deque[_Task] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        # Batches of more than one request, the requests in them, the largest batch (rows).
+        self.merged_batches = 0
+        self.merged_requests = 0
+        self.largest_batch = 0
         self._threads = [
             threading.Thread(target=self._loop, name=f"batch-{inner.name}-{inner.version}-{i}", daemon=True)
             for i in range(options.num_batch_threads)
@@ -129,6 +133,14 @@ class BatchingServable(Servable):
             raise task.error
         assert task.result is not None
         return task.result
+
+    def details(self) -> dict:
+        """Runtime details for status: the wrapped servable's plus batching counters."""
+        with self._cond:
+            batching = {"max_batch_size": self.options.max_batch_size, "merged_batches": self.merged_batches,
+                        "merged_requests": self.merged_requests, "largest_batch": self.largest_batch,
+                        "queued": len(self._queue)}
+        return {**self.inner.details(), "batching": batching}
 
     def close(self) -> None:
         """Refuse new runs; the batch threads answer what is queued, then end (not awaited:
@@ -204,6 +216,10 @@ class BatchingServable(Servable):
             for task in batch:
                 self._run_alone(task)
             return
+        with self._cond:
+            self.merged_batches += 1
+            self.merged_requests += len(batch)
+            self.largest_batch = max(self.largest_batch, total)
         start = 0
         for task in batch:
             task.result = {name: value[start:start + task.rows] for name, value in results.items()}

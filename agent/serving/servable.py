@@ -85,6 +85,10 @@ class Servable:
         """Run a graph on `feeds` (graph input name -> array); returns the named outputs."""
         raise NotImplementedError
 
+    def details(self) -> dict:
+        """What runs this version, for status: runtime, precision, batching (None when off)."""
+        return {"runtime": self.runtime, "precision": self.precision, "batching": None}
+
     def close(self) -> None:
         """Release what the runtime holds (batching threads); the default holds nothing."""
 
