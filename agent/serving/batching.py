@@ -92,6 +92,8 @@ class BatchingServable(Servable):
         self.signatures = inner.signatures
         self.runtime = inner.runtime
         self.precision = inner.precision
+        self.signature_defs = inner.signature_defs
+        self.refused = inner.refused
         self.options = options
         self._graphs = batch_graphs(inner)
         self._queue: deque[_Task] = deque()

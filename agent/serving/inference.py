@@ -237,7 +237,11 @@ def _tensor_info(spec: TensorSpec) -> meta_graph_pb2.TensorInfo:
 def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
     """Every signature of the servable, as TF Serving's GetModelMetadata reports them."""
     out = get_model_metadata_pb2.SignatureDefMap()
+    for name, proto in servable.signature_defs.items():
+        out.signature_def[name].CopyFrom(proto)
     for name, signature in servable.signatures.items():
+        if name in servable.signature_defs:
+            continue
         sig = out.signature_def[name]
         sig.method_name = signature.method_name
         for alias, spec in signature.inputs.items():

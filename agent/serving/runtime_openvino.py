@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+import agent.log
 from agent.serving.errors import internal, invalid_argument
 from agent.serving.runtime import RuntimeOptions
 from agent.serving.servable import SIGNATURES_FILE, SIGNATURES_KEY, LoadError, Servable, TensorSpec, build_signatures
 from agent.serving.tensors import STRING
 
+log = agent.log.get(__name__)
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
@@ -136,7 +138,7 @@ class OpenVinoServable(Servable):
         """A TensorFlow SavedModel: one graph per signature."""
         from agent.serving import saved_model
 
-        graphs, refused = saved_model.signature_models(core_for(options), path)
+        graphs, refused, meta_graph = saved_model.signature_models(core_for(options), path)
         signatures = {n: g.signature for n, g in graphs.items()}
         sidecar = path / SIGNATURES_FILE
         if sidecar.is_file() and saved_model.DEFAULT_SIGNATURE in graphs:
@@ -150,6 +152,10 @@ class OpenVinoServable(Servable):
                     signatures[sig_name] = _on_graph(sig, saved_model.DEFAULT_SIGNATURE)
         servable = cls(name, version, path, {n: g.model for n, g in graphs.items()}, signatures, options)
         servable.refused = refused
+        # Metadata reports the SavedModel's own SignatureDefs, as TF Serving does.
+        servable.signature_defs = dict(meta_graph.signature_def)
+        for sig_name, why in refused.items():
+            log.warning("signature not served", model=name, version=version, signature=sig_name, reason=why)
         return servable
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str], graph: str = "") -> dict[str, np.ndarray]:

@@ -23,6 +23,8 @@ from agent.serving.tensors import NUMPY_DTYPES, dtype_name
 
 SAVED_MODEL_PB = "saved_model.pb"
 SERVE_TAG = "serve"
+# TF2's initializer entry: listed in metadata (as TF Serving does), never served.
+INIT_OP_SIGNATURE = "__saved_model_init_op"
 # saved_model.pb of real models is MBs (graph + function library); refuse absurd files.
 MAX_SAVED_MODEL_BYTES = 1 << 30
 
@@ -90,14 +92,17 @@ def _single_signature_view(path: Path, meta_graph: meta_graph_pb2.MetaGraphDef, 
     return view
 
 
-def signature_models(core, path: Path) -> tuple[dict[str, SignatureGraph], dict[str, str]]:
-    """OpenVINO models of every servable signature, and why each other signature is not served."""
+def signature_models(core, path: Path) -> tuple[dict[str, SignatureGraph], dict[str, str], meta_graph_pb2.MetaGraphDef]:
+    """OpenVINO models of every servable signature, why each other signature is not served,
+    and the MetaGraphDef they come from."""
     meta_graph = read_meta_graph(path)
     graphs: dict[str, SignatureGraph] = {}
     refused: dict[str, str] = {}
     scratch = Path(tempfile.mkdtemp(prefix="savedmodel-view-"))
     try:
         for name in sorted(meta_graph.signature_def):
+            if name == INIT_OP_SIGNATURE:
+                continue
             proto = meta_graph.signature_def[name]
             try:
                 signature = signature_of(name, proto)
@@ -120,5 +125,5 @@ def signature_models(core, path: Path) -> tuple[dict[str, SignatureGraph], dict[
     if not graphs:
         detail = "; ".join(f"{n}: {why}" for n, why in refused.items()) or "it has no signatures"
         raise LoadError(f"{path}: no servable signature ({detail})", codes.FAILED_PRECONDITION)
-    return graphs, refused
+    return graphs, refused, meta_graph
 

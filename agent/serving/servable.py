@@ -80,6 +80,10 @@ class Servable:
         self.signatures: dict[str, Signature] = {}
         # What the runtime really computes in (fp32, bf16, fp16), shown in status and metrics.
         self.precision = "fp32"
+        # The source model's own SignatureDef protos (SavedModels), reported as metadata.
+        self.signature_defs: dict = {}
+        # Signatures of the model that cannot be served: name -> why.
+        self.refused: dict[str, str] = {}
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str], graph: str = "") -> dict[str, np.ndarray]:
         """Run a graph on `feeds` (graph input name -> array); returns the named outputs."""
