@@ -128,7 +128,7 @@ class GatedServableDouble:
         self.inner = inner
         self.gate = threading.Event()
         self.entered = threading.Event()
-        for attr in ("name", "version", "path", "signatures", "runtime", "precision"):
+        for attr in ("name", "version", "path", "signatures", "runtime", "precision", "signature_defs", "refused"):
             setattr(self, attr, getattr(inner, attr))
 
     def run(self, feeds, output_names, graph=""):

@@ -196,3 +196,13 @@ def test_bf16_answers_within_the_stated_tolerance():
     np.testing.assert_allclose(out["probabilities"], np.array(case["outputs"]["probabilities"]), atol=BF16_TOLERANCE)
     if servable.precision != "bf16":
         pytest.skip(f"this CPU runs bf16 requests in {servable.precision}")
+
+
+def test_a_signature_that_cannot_be_served_says_why_by_name(node):
+    if node.model != "multi":
+        pytest.skip("the multi fixture has a string signature")
+    status, doc = _post(node, "/v1/models/multi:predict", {"signature_name": "match", "instances": ["abc"]})
+    assert status == 400 and '"match" cannot be served: string tensors (text) are not run on OpenVINO' in doc["error"]
+    status, body = http("GET", f"http://{node.ip}:8080/v1/models/multi/runtime", timeout=30)
+    (version,) = json.loads(body)["versions"]
+    assert list(version["signatures_not_served"]) == ["match"]

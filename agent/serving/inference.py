@@ -43,6 +43,8 @@ def signature_of(servable: Servable, name: str, method: str | None = None) -> Si
     name = name or DEFAULT_SIGNATURE
     signature = servable.signatures.get(name)
     if signature is None:
+        if name in servable.refused:
+            raise invalid_argument(f'Serving signature name: "{name}" cannot be served: {servable.refused[name]}')
         raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
     if method is not None and signature.method_name != method:
         raise invalid_argument(

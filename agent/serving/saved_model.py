@@ -19,7 +19,7 @@ from pathlib import Path
 from agent.serving.protos import error_codes_pb2 as codes
 from agent.serving.protos import meta_graph_pb2, saved_model_pb2
 from agent.serving.servable import DEFAULT_SIGNATURE, PREDICT, LoadError, Signature, TensorSpec
-from agent.serving.tensors import NUMPY_DTYPES, dtype_name
+from agent.serving.tensors import NUMPY_DTYPES, STRING, dtype_name
 
 SAVED_MODEL_PB = "saved_model.pb"
 SERVE_TAG = "serve"
@@ -71,6 +71,11 @@ def signature_of(name: str, proto: meta_graph_pb2.SignatureDef) -> Signature:
     """A SignatureDef as a Signature; ValueError says why it cannot be served."""
     inputs = {alias: _spec(alias, info, "input") for alias, info in sorted(proto.inputs.items())}
     outputs = {alias: _spec(alias, info, "output") for alias, info in sorted(proto.outputs.items())}
+    strings = sorted(a for a, spec in {**inputs, **outputs}.items() if spec.dtype == STRING)
+    if strings:
+        # OpenVINO's conversion of TF string ops was seen to give wrong answers (a
+        # regex match over a batch came back as one scalar): refuse rather than mislead.
+        raise ValueError(f"string tensors ({', '.join(strings)}) are not run on OpenVINO")
     return Signature(name, proto.method_name or PREDICT, inputs, outputs, graph=name)
 
 

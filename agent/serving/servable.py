@@ -91,7 +91,8 @@ class Servable:
 
     def details(self) -> dict:
         """What runs this version, for status: runtime, precision, batching (None when off)."""
-        return {"runtime": self.runtime, "precision": self.precision, "batching": None}
+        return {"runtime": self.runtime, "precision": self.precision, "batching": None,
+                "signatures_not_served": dict(self.refused)}
 
     def close(self) -> None:
         """Release what the runtime holds (batching threads); the default holds nothing."""
