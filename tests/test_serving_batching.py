@@ -164,3 +164,43 @@ def test_a_full_batch_queue_answers_unavailable(pair_dir):
         gated.gate.set()
         batched.close()
         pool.shutdown()
+
+
+def test_padding_to_allowed_sizes_and_variable_lengths(pair_dir):
+    """allowed_batch_sizes pads a batch up to the next allowed size; pad_variable_length_inputs
+    lets inputs of different lengths share a batch, zero-padded, as in TF Serving."""
+    real = load_servable("pair", 1, pair_dir / "models" / "pair" / "1", RuntimeOptions(precision="fp32"))
+    gated = GatedServableDouble(real)
+    seen: list[tuple] = []
+    inner_run = gated.run
+
+    def recording_run(feeds, output_names, graph=""):
+        seen.append(feeds["a"].shape)
+        return inner_run(feeds, output_names, graph)
+
+    gated.run = recording_run
+    options = BatchingOptions(max_batch_size=8, allowed_batch_sizes=(4, 8), batch_timeout_micros=0,
+                              pad_variable_length_inputs=True)
+    batched = BatchingServable(gated, options)
+    short = {"a": np.array([[1.0, 2.0]], np.float32), "b": np.array([[1.0, 1.0]], np.float32)}
+    long = {"a": np.array([[1.0, 2.0, 3.0]], np.float32), "b": np.array([[1.0, 1.0, 1.0]], np.float32)}
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        first = pool.submit(batched.run, long, ["mix", "dot"])
+        assert gated.entered.wait(30)
+        queued = [pool.submit(batched.run, short, ["mix", "dot"]), pool.submit(batched.run, long, ["mix", "dot"])]
+        wait_for(lambda: batched.details()["batching"]["queued"] == 2, timeout=30, what="2 queued")
+        gated.gate.set()
+        np.testing.assert_allclose(first.result(timeout=30)["mix"], [[3.0, 5.0, 7.0]])
+        got_short, got_long = (f.result(timeout=30) for f in queued)
+    finally:
+        gated.gate.set()
+        batched.close()
+        pool.shutdown()
+    # The short request came back zero-padded to the batch's length, the long one intact.
+    np.testing.assert_allclose(got_short["mix"], [[3.0, 5.0, 0.0]])
+    np.testing.assert_allclose(got_short["dot"], [3.0])
+    np.testing.assert_allclose(got_long["mix"], [[3.0, 5.0, 7.0]])
+    np.testing.assert_allclose(got_long["dot"], [6.0])
+    assert seen == [(1, 3), (4, 3)], seen  # 1 alone; then 2 rows padded to the allowed size 4
+    assert batched.details()["batching"]["merged_batches"] == 1
