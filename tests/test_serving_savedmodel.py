@@ -206,3 +206,24 @@ def test_a_signature_that_cannot_be_served_says_why_by_name(node):
     status, body = http("GET", f"http://{node.ip}:8080/v1/models/multi/runtime", timeout=30)
     (version,) = json.loads(body)["versions"]
     assert list(version["signatures_not_served"]) == ["match"]
+
+
+def test_tflite_is_served_on_openvino(tmp_path):
+    """The same half_plus_two converted by TensorFlow to TFLite answers as TensorFlow did."""
+    from tests.serving_support import Server, write_config
+
+    config = tmp_path / "models.config"
+    write_config(config, [{"name": "lite", "base_path": FIXTURES.parent / "tflite" / "half_plus_two"}])
+    server = Server(config, extra_args=("--precision=fp32",)).start()
+    try:
+        server.wait_available("lite")
+        status, doc = server.get("/v1/models/lite/metadata")
+        (sig,) = doc["metadata"]["signature_def"]["signature_def"].values()
+        (alias,) = sig["inputs"]
+        case = EXPECTED["half_plus_two"]["serving_default"]
+        status, doc = server.post("/v1/models/lite:predict", {"inputs": {alias: case["inputs"]["x"]}})
+        assert status == 200, doc
+        np.testing.assert_allclose(np.array(doc["outputs"]), np.array(case["outputs"]["y"]), atol=FP32_TOLERANCE, rtol=0)
+        assert server.get("/v1/models/lite/runtime")[1]["versions"][0]["runtime"] == "openvino"
+    finally:
+        server.stop()

@@ -5,8 +5,9 @@ per-example shapes) are concatenated along the batch dimension, run once, and th
 are split back by each request's rows. A batch runs when it is full (max_batch_size rows)
 or when batch_timeout_micros has passed since its first request was queued, on one of
 num_batch_threads threads. A merged run that fails is retried request by request, so a
-bad request fails alone. When more than max_enqueued_batches batches are waiting, new
-requests are refused with UNAVAILABLE (Envoy retries them on another node).
+bad request fails alone. When max_enqueued_batches x max_batch_size requests are waiting
+(that many full batches), new requests are refused with UNAVAILABLE (Envoy retries them
+on another node).
 
 Only graphs whose every input has a leading unknown (batch) dimension are batched; other
 runs, and a single request larger than max_batch_size, run directly."""
@@ -110,11 +111,6 @@ class BatchingServable(Servable):
         for t in self._threads:
             t.start()
 
-    @property
-    def batched_graphs(self) -> set[str]:
-        """Graphs whose runs are batched."""
-        return set(self._graphs)
-
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str], graph: str = "") -> dict[str, np.ndarray]:
         """Queue the run for a batch and wait for its share of the outputs."""
         rows = _rows(feeds)
@@ -124,12 +120,15 @@ class BatchingServable(Servable):
         task = _Task(feeds, list(output_names), graph, key, rows, time.monotonic())
         limit = self.options.max_enqueued_batches * self.options.max_batch_size
         with self._cond:
-            if self._closed:
-                raise unavailable(f"Servable {self.name} version {self.version} is unloading")
-            if len(self._queue) >= limit:
+            closed = self._closed
+            if not closed and len(self._queue) >= limit:
                 raise unavailable("The batch scheduling queue to which this task was submitted is full")
-            self._queue.append(task)
-            self._cond.notify()
+            if not closed:
+                self._queue.append(task)
+                self._cond.notify()
+        if closed:
+            # Unloaded while this request was on its way: it still gets an answer, unbatched.
+            return self.inner.run(feeds, output_names, graph)
         task.done.wait()
         if task.error is not None:
             raise task.error
@@ -145,8 +144,8 @@ class BatchingServable(Servable):
         return {**self.inner.details(), "batching": batching}
 
     def close(self) -> None:
-        """Refuse new runs; the batch threads answer what is queued, then end (not awaited:
-        this runs on the event loop)."""
+        """Stop batching: the batch threads answer what is queued, then end (not awaited:
+        this runs on the event loop); later runs go straight to the runtime."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
