@@ -19,6 +19,9 @@ class Metrics:
         self.sync_seconds = Histogram("agent_model_sync_duration_seconds", "Duration of model syncs", registry=r)
         self.sync_errors = Counter("agent_model_sync_errors", "Model syncs that failed", registry=r)
         self.commands = Counter("agent_commands", "Lifecycle commands run", ["result"], registry=r)
+        self.model_version_runtime = Gauge(
+            "agent_model_version_runtime_info", "Loaded model versions by runtime and precision (value 1)",
+            ["model", "version", "runtime", "precision"], registry=r)
         self.process_restarts = Counter("agent_process_restarts", "Supervised process restarts", ["process"], registry=r)
 
     def render(self) -> bytes:

@@ -37,6 +37,15 @@ class Params:
     model_sync_interval: int
     serving_backend: str
     web_password: str = field(repr=False)
+    serving_runtime: str = "auto"
+    serving_precision: str = "auto"
+    serving_batching_enable: bool = True
+    serving_batching_max_batch_size: int = 32
+    serving_batching_batch_timeout_micros: int = 1000
+    serving_batching_max_enqueued_batches: int = 64
+    serving_batching_num_batch_threads: int = 1
+    serving_batching_allowed_batch_sizes: str = ""
+    serving_batching_pad_variable_length_inputs: bool = False
 
     @property
     def bucket(self) -> str:
@@ -188,4 +197,11 @@ def _cross_field_problems(p: Params) -> list[Problem]:
         for key, value in (("s3.access.key", p.s3_access_key), ("s3.secret.key", p.s3_secret_key)):
             if not value:
                 problems.append(Problem(f"env/{key}", f"is required when s3.type is {p.s3_type} (no default key is shipped)"))
+    sizes = [int(x) for x in p.serving_batching_allowed_batch_sizes.split(",") if x]
+    if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != p.serving_batching_max_batch_size or sizes[0] < 1):
+        problems.append(Problem(
+            "env/serving.batching.allowed_batch_sizes",
+            f"must be increasing sizes ending with serving.batching.max_batch_size ({p.serving_batching_max_batch_size}), "
+            f"got {p.serving_batching_allowed_batch_sizes!r}",
+        ))
     return problems

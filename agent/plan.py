@@ -19,6 +19,8 @@ MODEL_SERVER = "model_server"
 # Log file names are the seed's: operators look for them on the console.
 MODEL_SERVER_LOG = "tensorflow_serving.log"
 ENVOY_LOG = "envoy_error.log"
+# OpenVINO's compiled-model cache: a restarted model server skips compilation.
+COMPILE_CACHE_DIR = "compile_cache"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def make_plan(
     """The plan for `state`; `serving_models` is what models.config lists (model.name
     first, plus a model being switched away from until the new one is available);
     `retired_listeners` are old public ports still in their grace period."""
-    from agent.serving.backend import resolve_backend, server_argv
+    from agent.serving.backend import builtin_flags, resolve_backend, server_argv
 
     files = render_envoy(state, paths, tree, retired_listeners)
     bootstrap = files[0]
@@ -59,6 +61,7 @@ def make_plan(
         argv = server_argv(
             resolve_backend(state.params.serving_backend), paths.models_config, state.me.ip,
             SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),
+            builtin_flags=builtin_flags(state.params, paths.data_dir / COMPILE_CACHE_DIR),
         )
         processes.append(ProcessSpec(MODEL_SERVER, tuple(argv), paths.logs / MODEL_SERVER_LOG))
     minio = plan_minio(state, paths)

@@ -1,17 +1,24 @@
-"""The built-in model server against in-process ONNX Runtime, directly and through
-Envoy, in one run: a real `inference-agent serve` with both built-in models and the real
-Envoy in front of it (a minimal static bootstrap of this bench's own: 8080 -> 8501 and
-8081 -> 8500, as a node's Envoy routes them), on a fresh loopback address.
+"""The built-in model server through the product's own Envoy against the runtimes
+in-process, in one run. A real node is started through the project's test harness
+(tests.node.Node: `inference-agent run` on a single-node metadata tree, which renders and
+starts Envoy and the built-in server) with model.name resnet, on a fresh loopback address.
 
-    python bench/serving.py [--b1-iterations 12] [--b32-iterations 3] [--requests 1500] [--concurrency 8]
+    python bench/serving.py [--b1-iterations 40] [--b32-iterations 6] [--clients 16] [--seconds 20]
 
-ResNet-50 (the built-in `resnet`) at batch 1 and 32, images/s: in-process ONNX Runtime
-(same model file, same intra-op threads) vs gRPC Predict to the server's 8500 vs gRPC
-through Envoy's 8081. Calls are sequential and the three ways are interleaved, so drift
-in the shared machine's load hits all three alike. Target: Envoy / in-process >= 0.95
-at batch 32. Then the seed's half_plus_two REST request is timed directly (8501) and through Envoy (8080): p50/p99
-latency one request at a time, and requests/s with --concurrency clients. Target: Envoy
-adds <= 1 ms at p50. The output is one JSON document with the ratios.
+ResNet-50 (the built-in `resnet`, uint8 images [n, 224, 224, 3]), images/s:
+  - batch 32: gRPC Predict through Envoy (8081) vs OpenVINO in-process on the same model
+    file with the server's settings (precision auto = the CPU's best, one stream over all
+    threads, same thread count). Target >= 0.9. Also vs ONNX Runtime in-process.
+  - 16 concurrent batch-1 gRPC clients through Envoy (server-side batching merges them) vs
+    OpenVINO in-process at batch 32. Target >= 0.8, with p50/p99 latency. Also vs ONNX
+    Runtime in-process at batch 32.
+  - the batch-1 in-process references, measured alone before the node starts and again
+    beside the idle node; ONNX Runtime's thread pool has spinning off (on both sides; the
+    server runs resnet on OpenVINO, whose idle threads sleep). Target: beside / alone >= 0.9.
+  - seconds from starting the node to resnet AVAILABLE through Envoy, and the model
+    server's own load + warmup time from its log, with a cold and a warm compiled-model cache.
+In-process and through-Envoy rounds are interleaved so drift in the machine's load hits
+both alike. Prints one JSON document; exits 1 naming every missed target.
 """
 
 from __future__ import annotations
@@ -19,280 +26,276 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from agent.serving.runtime import RuntimeOptions  # noqa: E402
+from agent.serving.runtime_openvino import compile_config  # noqa: E402
 from agent.serving.server import cpu_count  # noqa: E402
 
-NODE_PORTS = (8080, 8081, 8001, 8090, 8500, 8501)
-HALF_PLUS_TWO_BODY = b'{"instances": [1.0, 2.0, 5.0]}'
+MODEL = "resnet"
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
-def free_loopback_ip() -> str:
-    """A 127.x.y.z whose node ports are free (other runs may share this machine)."""
-    for _ in range(200):
-        ip = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+def images(batch: int, seed: int = 0) -> np.ndarray:
+    """Random uint8 RGB images [batch, 224, 224, 3]."""
+    return np.random.default_rng(seed).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+
+
+class InProcess:
+    """The references: OpenVINO and ONNX Runtime on the model file, in this process."""
+
+    def __init__(self, model_file: Path, threads: int):
+        import onnxruntime as ort
+        import openvino
+
+        core = openvino.Core()  # no cache: the reference owes nothing to the product's code path
+        self.openvino = core.compile_model(core.read_model(str(model_file)), "CPU",
+                                           compile_config(RuntimeOptions(threads=threads)))
+        self.precision = self.openvino.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self._ov_request = self.openvino.create_infer_request()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.ort = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+    def run_openvino(self, pixels: np.ndarray) -> np.ndarray:
+        return np.array(self._ov_request.infer({"image_bytes": pixels})["probabilities"])
+
+    def run_ort(self, pixels: np.ndarray) -> np.ndarray:
+        return self.ort.run(["probabilities"], {"image_bytes": pixels})[0]
+
+
+def rate(call, pixels: np.ndarray, iterations: int) -> float:
+    """images/s of `call` over `iterations` sequential calls (after one warm-up call)."""
+    call(pixels)
+    started = time.perf_counter()
+    for _ in range(iterations):
+        call(pixels)
+    return len(pixels) * iterations / (time.perf_counter() - started)
+
+
+def predict_request(pixels: np.ndarray):
+    from agent.serving import tensors
+    from agent.serving.protos import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["image_bytes"].CopyFrom(tensors.from_ndarray_content(pixels))
+    return request
+
+
+def start_node(data_dir: Path, ip: str, threads: int):
+    """A node through the project's harness; returns it and the seconds to resnet AVAILABLE via Envoy."""
+    from tests.foundation_trees import single_node_tree
+    from tests.node import Node, http, wait_for
+
+    tree = single_node_tree(ip, **{"model.name": MODEL, "enable.access.log": "false"})
+    for host in [tree["host"], *tree["hosts"]["model_serving"].values()]:
+        host["cpu"] = str(threads)
+    node = Node(data_dir, tree)
+    started = time.monotonic()
+    node.start()
+
+    def available() -> bool:
+        status, body = http("GET", f"http://{ip}:8080/v1/models/{MODEL}", timeout=5)
+        return node._alive() and status == 200 and b"AVAILABLE" in body
+
+    wait_for(available, timeout=600, interval=0.05, what="resnet AVAILABLE through Envoy")
+    return node, time.monotonic() - started
+
+
+def load_seconds(data_dir: Path) -> float | None:
+    """The model server's own time from loading resnet to AVAILABLE (compile and warmup),
+    from the last such pair in its log."""
+    from datetime import datetime
+
+    started = took = None
+    log_file = data_dir / "logs" / "tensorflow_serving.log"
+    for line in log_file.read_text(errors="replace").splitlines():
         try:
-            for port in NODE_PORTS:
-                with socket.socket() as s:
-                    s.bind((ip, port))
-            return ip
-        except OSError:
+            entry = json.loads(line)
+        except ValueError:
             continue
-    raise SystemExit("no free loopback address")
+        if entry.get("model") != MODEL or "timestamp" not in entry:
+            continue
+        at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
+        if entry.get("event") == "loading model version":
+            started = at
+        elif entry.get("event") == "model version available" and started is not None:
+            took = at - started
+    return round(took, 2) if took is not None else None
 
 
-ENVOY_BOOTSTRAP = """
-admin:
-  address: {socket_address: {address: "IP", port_value: 8001}}
-static_resources:
-  listeners:
-  - name: rest
-    address: {socket_address: {address: "IP", port_value: 8080}}
-    filter_chains: [{filters: [HCM_rest]}]
-  - name: grpc
-    address: {socket_address: {address: "IP", port_value: 8081}}
-    filter_chains: [{filters: [HCM_grpc]}]
-  clusters:
-  - name: rest
-    type: STATIC
-    load_assignment:
-      cluster_name: rest
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "IP", port_value: 8501}}}}]}]
-  - name: grpc
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: grpc
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "IP", port_value: 8500}}}}]}]
-"""
-HCM = """
-      name: envoy.filters.network.http_connection_manager
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-        stat_prefix: NAME
-        codec_type: AUTO
-        route_config:
-          virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes: [{match: {prefix: "/"}, route: {cluster: NAME, timeout: 0s}}]
-        http_filters:
-        - name: envoy.filters.http.router
-          typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-"""
-
-
-def envoy_bootstrap(ip: str) -> dict:
-    """A minimal static Envoy in front of one model server: 8080 -> 8501, 8081 -> 8500 (HTTP/2)."""
-    doc = yaml.safe_load(ENVOY_BOOTSTRAP.replace("IP", ip))
-    for listener in doc["static_resources"]["listeners"]:
-        listener["filter_chains"][0]["filters"] = [yaml.safe_load(HCM.replace("NAME", listener["name"]))]
-    return doc
-
-
-def start_node(root: Path, ip: str, threads: int) -> list[subprocess.Popen]:
-    """The built-in server on both built-in models, and Envoy in front of it."""
-    from agent.envoy import envoy_binary
-    from agent.serving.builtin_models import install_builtin
-
-    install_builtin(root / "models")
-    config = root / "models.config"
-    config.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{n}" base_path: "{root / "models" / n}" model_platform: "tensorflow" }}\n'
-        for n in ("resnet", "half_plus_two")) + "}\n")
-    bootstrap = root / "envoy.yaml"
-    bootstrap.write_text(yaml.safe_dump(envoy_bootstrap(ip)))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "agent", "serve", f"--host={ip}", f"--model_config_file={config}",
-         f"--intra_op_threads={threads}"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "serve.log", "wb"))
-    envoy = subprocess.Popen(
-        [envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "envoy.log", "wb"))
-    return [server, envoy]
-
-
-async def wait_serving(session, urls: list[str], model: str, timeout: float = 180) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout
-    for base in urls:
-        while True:
-            try:
-                async with session.get(f"{base}/v1/models/{model}") as r:
-                    if r.status == 200 and b"AVAILABLE" in await r.read():
-                        break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{base} did not serve {model} within {timeout}s")
-            await asyncio.sleep(0.3)
-
-
-def resnet_phase(ip: str, model_file: Path, threads: int, b1_iterations: int, b32_iterations: int) -> dict:
+def envoy_b32_and_references(ip: str, refs: InProcess, iterations: int) -> dict:
     import grpc
-    import onnxruntime as ort
 
     from agent.serving import tensors
-    from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
+    from agent.serving.protos import prediction_service_pb2_grpc
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-    channel_options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    stubs = {
-        where: prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"{ip}:{port}", channel_options))
-        for where, port in (("direct", 8500), ("envoy", 8081))
-    }
-    results = {}
-    for batch, iterations in ((1, b1_iterations), (32, b32_iterations)):
-        pixels = np.random.default_rng(batch).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "resnet"
-        request.inputs["image_bytes"].CopyFrom(tensors.from_ndarray_content(pixels))
-        calls = {
-            "in_process": lambda: session.run(["probabilities"], {"image_bytes": pixels})[0],
-            "direct": lambda: tensors.to_ndarray(stubs["direct"].Predict(request, timeout=600).outputs["probabilities"]),
-            "envoy": lambda: tensors.to_ndarray(stubs["envoy"].Predict(request, timeout=600).outputs["probabilities"]),
-        }
-        reference = calls["in_process"]()
-        for where, call in calls.items():  # warm-up, and the same numbers every way
-            np.testing.assert_allclose(call(), reference, rtol=1e-5, err_msg=where)
+    pixels = images(32, 32)
+    request = predict_request(pixels)
+    with grpc.insecure_channel(f"{ip}:8081", CHANNEL_OPTIONS) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def envoy(_pixels):
+            return tensors.to_ndarray(stub.Predict(request, timeout=600).outputs["probabilities"], "probabilities")
+
+        calls = {"envoy_grpc": envoy, "openvino_in_process": refs.run_openvino, "onnxruntime_in_process": refs.run_ort}
+        same = float(np.abs(envoy(pixels) - refs.run_openvino(pixels)).max())
         spent = dict.fromkeys(calls, 0.0)
+        for name, call in calls.items():
+            call(pixels)  # warm-up
         for i in range(iterations):
             order = list(calls)[i % 3:] + list(calls)[: i % 3]
-            for where in order:
+            for name in order:
                 started = time.perf_counter()
-                calls[where]()
-                spent[where] += time.perf_counter() - started
-        rate = {where: batch * iterations / s for where, s in spent.items()}
-        results[f"batch_{batch}"] = {
-            "iterations": iterations,
-            "images_per_s": {k: round(v, 2) for k, v in rate.items()},
-            "direct_over_in_process": round(rate["direct"] / rate["in_process"], 3),
-            "envoy_over_in_process": round(rate["envoy"] / rate["in_process"], 3),
-        }
-    return results
-
-
-async def half_plus_two_phase(session, ip: str, requests: int, concurrency: int) -> dict:
-    urls = {"direct": f"http://{ip}:8501/v1/models/half_plus_two:predict",
-            "envoy": f"http://{ip}:8080/v1/models/half_plus_two:predict"}
-    expected = {"predictions": [2.5, 3.0, 4.5]}
-
-    async def one(url: str) -> float:
-        started = time.perf_counter()
-        async with session.post(url, data=HALF_PLUS_TWO_BODY) as r:
-            body = await r.read()
-        elapsed = time.perf_counter() - started
-        if r.status != 200 or json.loads(body) != expected:
-            raise SystemExit(f"{url}: {r.status} {body[:200]!r}")
-        return elapsed
-
-    for url in urls.values():
-        for _ in range(50):
-            await one(url)
-    latencies: dict[str, list[float]] = {k: [] for k in urls}
-    block = 100
-    for i in range(0, requests, block):  # interleaved blocks, one request at a time
-        for where, url in urls.items():
-            for _ in range(block):
-                latencies[where].append(await one(url))
-    out = {}
-    for where, url in urls.items():
-        samples = sorted(latencies[where])
-        done = 0
-
-        async def client():
-            nonlocal done
-            while done < requests:
-                done += 1
-                await one(url)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        out[where] = {
-            "p50_ms": round(statistics.median(samples) * 1000, 3),
-            "p99_ms": round(samples[int(len(samples) * 0.99) - 1] * 1000, 3),
-            "requests_per_s": round(done / (time.perf_counter() - started), 1),
-        }
-    out["envoy_adds_p50_ms"] = round(out["envoy"]["p50_ms"] - out["direct"]["p50_ms"], 3)
-    out["envoy_over_direct_requests_per_s"] = round(out["envoy"]["requests_per_s"] / out["direct"]["requests_per_s"], 3)
+                calls[name](pixels)
+                spent[name] += time.perf_counter() - started
+    out = {name: round(32 * iterations / s, 2) for name, s in spent.items()}
+    out["max_abs_diff_envoy_vs_openvino_in_process"] = same
     return out
 
 
-def grpc_matches_rest(ip: str) -> bool:
+async def concurrent_b1(ip: str, clients: int, seconds: float) -> dict:
+    """`clients` gRPC clients, each with its own channel, sending batch-1 requests back to back."""
     import grpc
 
-    from agent.serving import tensors
-    from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
+    from agent.serving.protos import prediction_service_pb2_grpc
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus_two"
-    request.inputs["x"].CopyFrom(tensors.from_ndarray(np.array([1.0, 2.0, 5.0], dtype=np.float32)))
-    with grpc.insecure_channel(f"{ip}:8081") as channel:
-        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    return list(reply.outputs["y"].float_val) == [2.5, 3.0, 4.5]
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    async def client(i: int) -> None:
+        request = predict_request(images(1, 100 + i))
+        async with grpc.aio.insecure_channel(f"{ip}:8081", options=CHANNEL_OPTIONS) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            await stub.Predict(request, timeout=600)  # connect and warm
+            await start.wait()
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    await stub.Predict(request, timeout=600)
+                except grpc.aio.AioRpcError as e:
+                    errors.append(f"{e.code().name}: {e.details()}")
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+    await asyncio.sleep(0)
+    deadline = time.monotonic() + seconds
+    began = time.monotonic()
+    start.set()
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - began
+    samples = sorted(latencies)
+    return {
+        "clients": clients,
+        "images_per_s": round(len(samples) / elapsed, 2),
+        "p50_ms": round(statistics.median(samples) * 1000, 1) if samples else None,
+        "p99_ms": round(samples[max(0, int(len(samples) * 0.99) - 1)] * 1000, 1) if samples else None,
+        "requests": len(samples),
+        "errors": errors[:5],
+        "error_count": len(errors),
+    }
 
 
-async def main() -> None:
-    import aiohttp
+def server_runtime(ip: str) -> dict:
+    from tests.node import http
+
+    status, body = http("GET", f"http://{ip}:8080/v1/models/{MODEL}/runtime", timeout=10)
+    return json.loads(body)["versions"][0] if status == 200 else {"error": body.decode(errors="replace")}
+
+
+def main() -> int:
+    from agent.serving.builtin_models import install_builtin
+    from tests.conftest import allocate_loopback_ip
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--b1-iterations", type=int, default=12)
-    parser.add_argument("--b32-iterations", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=1500, help="half_plus_two requests per way and measure")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--b1-iterations", type=int, default=40)
+    parser.add_argument("--b32-iterations", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the concurrent phase")
     args = parser.parse_args()
     threads = cpu_count()
-    ip = free_loopback_ip()
+    ip = allocate_loopback_ip()
+    result: dict = {"address": ip, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        procs = start_node(Path(tmp), ip, threads)
+        data_dir = Path(tmp)
+        install_builtin(data_dir / "models", [MODEL])
+        model_file = data_dir / "models" / MODEL / "1" / "model.onnx"
+        refs = InProcess(model_file, threads)
+        b1 = images(1, 1)
+        alone = {"openvino": rate(refs.run_openvino, b1, args.b1_iterations),
+                 "onnxruntime": rate(refs.run_ort, b1, args.b1_iterations)}
+
+        node, cold = start_node(data_dir, ip, threads)
+        cold_load = load_seconds(data_dir)
+        node.stop()
+        node, warm = start_node(data_dir, ip, threads)
+        warm_load = load_seconds(data_dir)
         try:
-            connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                await wait_serving(session, [f"http://{ip}:8501", f"http://{ip}:8080"], "resnet")
-                resnet = await asyncio.to_thread(
-                    resnet_phase, ip, Path(tmp) / "models" / "resnet" / "1" / "model.onnx", threads,
-                    args.b1_iterations, args.b32_iterations)
-                await wait_serving(session, [f"http://{ip}:8501", f"http://{ip}:8080"], "half_plus_two")
-                hpt = await half_plus_two_phase(session, ip, args.requests, args.concurrency)
-                grpc_same = await asyncio.to_thread(grpc_matches_rest, ip)
+            beside = {"openvino": rate(refs.run_openvino, b1, args.b1_iterations),
+                      "onnxruntime": rate(refs.run_ort, b1, args.b1_iterations)}
+            b32 = envoy_b32_and_references(ip, refs, args.b32_iterations)
+            c16 = asyncio.run(concurrent_b1(ip, args.clients, args.seconds))
+            runtime = server_runtime(ip)  # with the batching counters of the concurrent phase
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=60)
-    b32 = resnet["batch_32"]["envoy_over_in_process"]
-    print(json.dumps({
-        "address": ip, "intra_op_threads": threads,
-        "resnet50_grpc": resnet,
-        "half_plus_two_rest": hpt,
-        "grpc_through_envoy_matches_rest": grpc_same,
-        "targets": {
-            "resnet50_batch32_envoy_over_in_process": {"value": b32, "target": ">= 0.95", "met": b32 >= 0.95},
-            "half_plus_two_envoy_adds_p50_ms": {"value": hpt["envoy_adds_p50_ms"], "target": "<= 1.0",
-                                                "met": hpt["envoy_adds_p50_ms"] <= 1.0},
+            node.stop()
+
+    ov32, ort32 = b32["openvino_in_process"], b32["onnxruntime_in_process"]
+    ratios = {
+        "batch32_envoy_over_openvino_in_process": round(b32["envoy_grpc"] / ov32, 3),
+        "batch32_envoy_over_onnxruntime_in_process": round(b32["envoy_grpc"] / ort32, 3),
+        "concurrent_b1_envoy_over_openvino_in_process_b32": round(c16["images_per_s"] / ov32, 3),
+        "concurrent_b1_envoy_over_onnxruntime_in_process_b32": round(c16["images_per_s"] / ort32, 3),
+        "b1_reference_beside_node_over_alone_openvino": round(beside["openvino"] / alone["openvino"], 3),
+        "b1_reference_beside_node_over_alone_onnxruntime": round(beside["onnxruntime"] / alone["onnxruntime"], 3),
+    }
+    targets = {
+        "batch32_envoy_over_openvino_in_process": 0.9,
+        "concurrent_b1_envoy_over_openvino_in_process_b32": 0.8,
+        "b1_reference_beside_node_over_alone_openvino": 0.9,
+        "b1_reference_beside_node_over_alone_onnxruntime": 0.9,
+    }
+    missed = [f"{name} = {ratios[name]} < {target}" for name, target in targets.items() if ratios[name] < target]
+    if c16["error_count"]:
+        missed.append(f"concurrent clients got {c16['error_count']} errors")
+    result.update({
+        "server": runtime,
+        "in_process_reference": {
+            "precision": refs.precision,
+            "how": "OpenVINO with the server's compile settings; ONNX Runtime with intra-op spinning off",
+            "batch1_alone_images_per_s": {k: round(v, 2) for k, v in alone.items()},
+            "batch1_beside_idle_node_images_per_s": {k: round(v, 2) for k, v in beside.items()},
         },
-    }, indent=2))
+        "batch32_images_per_s": b32,
+        "concurrent_batch1_grpc_through_envoy": c16,
+        "seconds_to_available": {
+            "node_start_to_available_through_envoy": {"cold_compile_cache": round(cold, 2), "warm_compile_cache": round(warm, 2)},
+            "model_server_load_and_warmup": {"cold_compile_cache": cold_load, "warm_compile_cache": warm_load},
+        },
+        "ratios": ratios,
+        "targets": {name: f">= {t}" for name, t in targets.items()},
+        "missed": missed,
+    })
+    print(json.dumps(result, indent=2))
+    if missed:
+        print("MISSED: " + "; ".join(missed), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

@@ -66,10 +66,11 @@ def jpeg_bytes(width: int = 320, height: int = 240, color=(200, 30, 60), fmt: st
 class Server:
     """A real `inference-agent serve` on its own loopback address (ports 8500/8501)."""
 
-    def __init__(self, config: Path, ip: str | None = None, threads: int = 1):
+    def __init__(self, config: Path, ip: str | None = None, threads: int = 1, extra_args: tuple[str, ...] = ()):
         self.config = config
         self.ip = ip or allocate_loopback_ip()
         self.threads = threads
+        self.extra_args = tuple(extra_args)
         self.log = config.with_name("serve.log")
         self.proc: subprocess.Popen | None = None
 
@@ -85,7 +86,7 @@ class Server:
         """Start and wait until the REST port answers."""
         argv = [sys.executable, "-m", "agent", "serve", f"--host={self.ip}", f"--model_config_file={self.config}",
                 "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
-                f"--intra_op_threads={self.threads}"]
+                f"--intra_op_threads={self.threads}", *self.extra_args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         wait_for(lambda: self.proc.poll() is not None or http("GET", f"{self.rest}/v1/models/x", timeout=1)[0] != 0,
                  timeout=30, what="model server to listen")
@@ -131,6 +132,29 @@ def predict_half_plus_two(server: Server, model: str = "half_plus_two", values=(
     """The seed's predict request; (status, predictions or error doc)."""
     status, doc = server.post(f"/v1/models/{model}:predict", {"instances": list(values)})
     return status, doc.get("predictions", doc)
+
+
+def pair_model(path: Path) -> None:
+    """Two inputs a, b [n, k] float32 (k free): `mix` = 2a + b [n, k] and `dot` = sum(a*b) [n].
+    a and b of different k fail inside the runtime, past the server's shape checks."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["a", "two"], ["a2"]), helper.make_node("Add", ["a2", "b"], ["mix"]),
+             helper.make_node("Mul", ["a", "b"], ["ab"]),
+             helper.make_node("ReduceSum", ["ab", "axis"], ["dot"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "pair",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", "k"]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", "k"])],
+        [helper.make_tensor_value_info("mix", TensorProto.FLOAT, ["n", "k"]),
+         helper.make_tensor_value_info("dot", TensorProto.FLOAT, ["n"])],
+        initializer=[helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+                     helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"))
 
 
 def image_model(path: Path, layout: str = "NHWC", dtype=np.uint8, size=(4, 6)) -> None:

@@ -99,3 +99,20 @@ def test_short_value_lists_fill_like_tensorflow():
     proto.tensor_shape.dim.add(size=1)
     with pytest.raises(Exception, match="tensor_content has 3 bytes"):
         tensors.to_ndarray(proto)
+
+
+def test_saved_model_and_prediction_log_protos_are_tensorflows():
+    """saved_model.pb and tf_serving_warmup_requests are read with these: TF's names and numbers."""
+    from agent.serving.protos import meta_graph_pb2, prediction_log_pb2, saved_model_pb2
+
+    facts = [
+        (saved_model_pb2.SavedModel, "saved_model_schema_version", 1), (saved_model_pb2.SavedModel, "meta_graphs", 2),
+        (meta_graph_pb2.MetaGraphDef, "meta_info_def", 1), (meta_graph_pb2.MetaGraphDef, "signature_def", 5),
+        (meta_graph_pb2.MetaGraphDef.MetaInfoDef, "tags", 4), (meta_graph_pb2.SignatureDef, "method_name", 3),
+        (prediction_log_pb2.PredictionLog, "classify_log", 2), (prediction_log_pb2.PredictionLog, "regress_log", 3),
+        (prediction_log_pb2.PredictionLog, "predict_log", 6), (prediction_log_pb2.PredictLog, "request", 1),
+    ]
+    for message, field, number in facts:
+        assert message.DESCRIPTOR.fields_by_name[field].number == number, (message, field)
+    assert saved_model_pb2.SavedModel.DESCRIPTOR.full_name == "tensorflow.SavedModel"
+    assert prediction_log_pb2.PredictionLog.DESCRIPTOR.full_name == "tensorflow.serving.PredictionLog"

@@ -86,6 +86,10 @@ async def _stop_streams(app: web.Application) -> None:
 
 async def _metrics(request: web.Request) -> web.Response:
     """The agent's metrics in Prometheus text format."""
+    try:
+        await models.refresh_runtime_metrics(request.app)
+    except Exception:  # the agent's own metrics are served even when the model view fails
+        log.exception("model runtime metrics not refreshed")
     body = request.app[CTX].metrics.render()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 

@@ -28,6 +28,8 @@ class VersionRow:
     mtime: float = 0.0
     state: str = ""  # the model server's state; "" when it does not list this version
     error: str = ""
+    runtime: str = ""  # e.g. openvino, onnxruntime; "" when not loaded (or TF Serving)
+    precision: str = ""  # fp32, bf16, fp16
     serving: bool = False  # requests without a version go here
 
 
@@ -71,6 +73,7 @@ async def model_rows(app: web.Application) -> list[ModelRow]:
             row.state = s.state
             row.error = "" if s.error_code in ("OK", "0", "") else f"{s.error_code}: {s.error_message}"
             row.serving = s.version == serving
+            row.runtime, row.precision = s.runtime, s.precision
         ordered = sorted(versions.values(), key=lambda r: int(r.version) if r.version.isdigit() else -1, reverse=True)
         rows.append(ModelRow(name=name, configured=name == configured, server=view, versions=ordered))
     rows.sort(key=lambda r: (not r.configured, r.name))
@@ -122,3 +125,14 @@ async def files_download(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     """Add the model routes."""
     app.router.add_routes(routes)
+
+
+async def refresh_runtime_metrics(app: web.Application) -> None:
+    """Set the per-version runtime/precision gauge from the model server's answers."""
+    gauge = app[CTX].metrics.model_version_runtime
+    rows = await model_rows(app)
+    gauge.clear()
+    for row in rows:
+        for v in row.versions:
+            if v.runtime:
+                gauge.labels(model=row.name, version=v.version, runtime=v.runtime, precision=v.precision).set(1)

@@ -29,6 +29,8 @@ class VersionState:
     state: str  # START, LOADING, AVAILABLE, UNLOADING, END
     error_code: str = "OK"
     error_message: str = ""
+    runtime: str = ""  # the built-in server's runtime and precision of a loaded version
+    precision: str = ""
 
 
 @dataclass
@@ -113,7 +115,25 @@ async def model_status(session: aiohttp.ClientSession, base_url: str, name: str)
                 error_message=str(st.get("error_message", "")),
             )
         )
+    await _add_runtimes(session, base_url, name, versions)
     return ModelServerView(name=name, reachable=True, loaded=True, versions=versions)
+
+
+async def _add_runtimes(session: aiohttp.ClientSession, base_url: str, name: str, versions: list[VersionState]) -> None:
+    """Runtime and precision per loaded version from the built-in server (TF Serving has no such call)."""
+    url = f"{base_url.rstrip('/')}/v1/models/{name}/runtime"
+    try:
+        status, body = await _get_json(session, url)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+        return
+    if status != 200 or not isinstance(body, dict):
+        return
+    by_version = {str(v.get("version")): v for v in body.get("versions") or [] if isinstance(v, dict)}
+    for version in versions:
+        found = by_version.get(version.version)
+        if found:
+            version.runtime = str(found.get("runtime", ""))
+            version.precision = str(found.get("precision", ""))
 
 
 # Envoy health_status flags, as an operator would say them.

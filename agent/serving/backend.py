@@ -31,10 +31,12 @@ def server_argv(
     rest_port: int,
     threads: int | None,
     poll_seconds: int = 1,
+    builtin_flags: tuple[str, ...] = (),
 ) -> list[str]:
     """The command that runs the model server of `backend` on models_config.
 
-    tensorflow_model_server has no bind-address flag: it listens on every address."""
+    tensorflow_model_server has no bind-address flag: it listens on every address.
+    `builtin_flags` (runtime, precision, batching, compile cache) go to the built-in server only."""
     common = [
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
@@ -51,5 +53,21 @@ def server_argv(
         argv = [sys.executable, "-m", "agent", "serve", f"--host={host}", *common]
         if threads:
             argv.append(f"--intra_op_threads={threads}")
-        return argv
+        return argv + list(builtin_flags)
     raise ValueError(f"unknown model server backend {backend!r}")
+
+
+def builtin_flags(params, cache_dir: Path) -> tuple[str, ...]:
+    """The built-in server's flags for the serving.runtime/precision/batching parameters."""
+    return (
+        f"--runtime={params.serving_runtime}",
+        f"--precision={params.serving_precision}",
+        f"--compile_cache_dir={cache_dir}",
+        f"--enable_batching={str(params.serving_batching_enable).lower()}",
+        f"--max_batch_size={params.serving_batching_max_batch_size}",
+        f"--batch_timeout_micros={params.serving_batching_batch_timeout_micros}",
+        f"--max_enqueued_batches={params.serving_batching_max_enqueued_batches}",
+        f"--num_batch_threads={params.serving_batching_num_batch_threads}",
+        f"--allowed_batch_sizes={params.serving_batching_allowed_batch_sizes}",
+        f"--pad_variable_length_inputs={str(params.serving_batching_pad_variable_length_inputs).lower()}",
+    )

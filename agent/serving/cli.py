@@ -1,7 +1,8 @@
 """`inference-agent serve`: the built-in model server, with tensorflow_model_server's flags
 (--port, --rest_api_port, --model_config_file, --model_config_file_poll_wait_seconds,
---file_system_poll_wait_seconds, --model_name, --model_base_path) plus --host and
---intra_op_threads. Logs go to stderr; SIGTERM stops it cleanly."""
+--file_system_poll_wait_seconds, --model_name, --model_base_path, and TF Serving's batching
+parameters as --enable_batching, --max_batch_size, ...) plus --host, --intra_op_threads,
+--runtime, --precision and --compile_cache_dir. Logs go to stderr; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--intra_op_threads", type=int, default=0, help="threads per inference (default: the CPU count)"
     )
+    parser.add_argument("--runtime", default="auto", choices=["auto", "openvino", "onnxruntime"],
+                        help="auto: OpenVINO for every format it reads, ONNX Runtime for the ONNX models it cannot run")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="inference precision; auto = the runtime's best on this CPU")
+    parser.add_argument("--compile_cache_dir", type=Path, help="OpenVINO compiled-model cache (faster restarts)")
+    # TF Serving's batching parameters, as flags.
+    parser.add_argument("--enable_batching", default="true", help="merge concurrent requests into batches (true/false)")
+    parser.add_argument("--max_batch_size", type=int, default=32)
+    parser.add_argument("--batch_timeout_micros", type=int, default=1000)
+    parser.add_argument("--max_enqueued_batches", type=int, default=64)
+    parser.add_argument("--num_batch_threads", type=int, default=1)
+    parser.add_argument("--allowed_batch_sizes", default="", help="comma-separated, the last equal to max_batch_size")
+    parser.add_argument("--pad_variable_length_inputs", default="false", help="true/false")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -40,9 +54,23 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     import agent.log
+    from agent.serving.batching import BatchingOptions, parse_sizes
     from agent.serving.server import ServerOptions
 
     agent.log.setup(level=args.log_level)
+    try:
+        batching = BatchingOptions(
+            enabled=_flag(args.enable_batching, "enable_batching"),
+            max_batch_size=args.max_batch_size,
+            batch_timeout_micros=args.batch_timeout_micros,
+            max_enqueued_batches=args.max_enqueued_batches,
+            num_batch_threads=args.num_batch_threads,
+            allowed_batch_sizes=parse_sizes(args.allowed_batch_sizes),
+            pad_variable_length_inputs=_flag(args.pad_variable_length_inputs, "pad_variable_length_inputs"),
+        )
+    except ValueError as e:
+        agent.log.get(__name__).error("bad batching flags", error=str(e))
+        return 2
     options = ServerOptions(
         host=args.host,
         grpc_port=args.port,
@@ -53,8 +81,21 @@ def run(args: argparse.Namespace) -> int:
         threads=max(0, args.intra_op_threads),
         model_name=args.model_name,
         model_base_path=args.model_base_path,
+        runtime=args.runtime,
+        precision=args.precision,
+        compile_cache_dir=args.compile_cache_dir.absolute() if args.compile_cache_dir else None,
+        batching=batching,
     )
     return asyncio.run(_serve(options))
+
+
+def _flag(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"--{name} must be true or false, got {text!r}")
 
 
 async def _serve(options) -> int:

@@ -43,6 +43,8 @@ def signature_of(servable: Servable, name: str, method: str | None = None) -> Si
     name = name or DEFAULT_SIGNATURE
     signature = servable.signatures.get(name)
     if signature is None:
+        if name in servable.refused:
+            raise invalid_argument(f'Serving signature name: "{name}" cannot be served: {servable.refused[name]}')
         raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
     if method is not None and signature.method_name != method:
         raise invalid_argument(
@@ -169,7 +171,7 @@ def predict(
                 f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
                 f"{{{','.join(sorted(signature.outputs))}}}."
             )
-    results = servable.run(feeds, [signature.outputs[a].name for a in aliases])
+    results = servable.run(feeds, [signature.outputs[a].name for a in aliases], signature.graph)
     return {a: results[signature.outputs[a].name] for a in aliases}
 
 
@@ -193,7 +195,7 @@ def classify(
     if not aliases:
         raise invalid_argument("Expected classification signature outputs 'classes' or 'scores'")
     feeds = example_feeds(signature, examples, context)
-    results = servable.run(feeds, [signature.outputs[a].name for a in aliases])
+    results = servable.run(feeds, [signature.outputs[a].name for a in aliases], signature.graph)
     by_alias = dict(zip(aliases, (results[signature.outputs[a].name] for a in aliases)))
     batch = len(examples)
     scores = _batch_output(np.asarray(by_alias["scores"], dtype=np.float32), "scores", batch) if "scores" in by_alias else None
@@ -222,7 +224,7 @@ def regress(
         raise invalid_argument("Expected regression signature output 'outputs'")
     feeds = example_feeds(signature, examples, context)
     name = signature.outputs["outputs"].name
-    values = _batch_output(np.asarray(servable.run(feeds, [name])[name], dtype=np.float32), "outputs", len(examples))
+    values = _batch_output(np.asarray(servable.run(feeds, [name], signature.graph)[name], dtype=np.float32), "outputs", len(examples))
     if values.shape[1] != 1:
         raise invalid_argument(
             f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {_shape_text(values.shape)}"
@@ -231,13 +233,17 @@ def regress(
 
 
 def _tensor_info(spec: TensorSpec) -> meta_graph_pb2.TensorInfo:
-    return meta_graph_pb2.TensorInfo(name=spec.name, dtype=data_type_of(spec.dtype), tensor_shape=shape_proto(spec.shape))
+    return meta_graph_pb2.TensorInfo(name=spec.tensor_name or spec.name, dtype=data_type_of(spec.dtype), tensor_shape=shape_proto(spec.shape))
 
 
 def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
     """Every signature of the servable, as TF Serving's GetModelMetadata reports them."""
     out = get_model_metadata_pb2.SignatureDefMap()
+    for name, proto in servable.signature_defs.items():
+        out.signature_def[name].CopyFrom(proto)
     for name, signature in servable.signatures.items():
+        if name in servable.signature_defs:
+            continue
         sig = out.signature_def[name]
         sig.method_name = signature.method_name
         for alias, spec in signature.inputs.items():

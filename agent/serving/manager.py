@@ -125,7 +125,8 @@ class ModelManager:
         except Exception as e:  # keep serving what is loaded; the files may be fixed later
             log.error("model version reload failed, keeping the loaded one", model=name, version=version.version, error=str(e))
         else:
-            version.servable = servable
+            old, version.servable = version.servable, servable
+            _close(old)
             log.info("model version reloaded", model=name, version=version.version, runtime=servable.runtime)
         version.fingerprint = vdir.fingerprint
 
@@ -141,6 +142,7 @@ class ModelManager:
                     dir_present = number in found.get(name, {})
                     if name in configs and dir_present and not successor_up:
                         continue  # keep serving until a wanted version is up
+                    _close(version.servable)
                     version.state, version.servable = END, None
                     log.info("model version unloaded", model=name, version=number)
                 elif version.error:
@@ -151,7 +153,15 @@ class ModelManager:
     async def close(self) -> None:
         """Unload everything."""
         async with self._lock:
+            for states in self._versions.values():
+                for version in states.values():
+                    _close(version.servable)
             self._versions.clear()
+
+    def versions(self, name: str) -> list[tuple[int, Servable]]:
+        """The loaded servables of a model (newest first), for runtime details in status."""
+        states = self._versions.get(name, {})
+        return sorted(((n, v.servable) for n, v in states.items() if v.servable is not None), reverse=True, key=lambda x: x[0])
 
     def _label_version(self, name: str, label: str) -> int:
         config = self._configs.get(name)
@@ -194,3 +204,12 @@ class ModelManager:
                 raise not_found(f"Could not find any versions of model {name}")
             picked = sorted(states.values(), key=lambda v: v.version, reverse=True)
         return [VersionStatus(v.version, v.state, v.error_code, v.error) for v in picked]
+
+
+def _close(servable: Servable | None) -> None:
+    """Release an unloaded servable's batching threads; in-flight runs finish first."""
+    if servable is not None:
+        try:
+            servable.close()
+        except Exception:
+            log.exception("closing a servable failed", model=servable.name, version=servable.version)

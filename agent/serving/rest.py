@@ -28,6 +28,8 @@ _PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I
 )
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+# Not TF Serving's: which runtime and precision serve each loaded version.
+_RUNTIME_PATH = re.compile(r"/v1/models/([^/:]+)/runtime")
 _JSON = "application/json"
 log = agent.log.get(__name__)
 MAX_BODY = 1 << 30
@@ -68,6 +70,8 @@ class RestApi:
             if request.method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
                 body = await request.read()
                 return await self._post(m.group(4).lower(), *_target(m), body)
+            if request.method == "GET" and (m := _RUNTIME_PATH.fullmatch(path)):
+                return self._runtime(unquote(m.group(1)))
             if request.method == "GET" and (m := _STATUS_PATH.fullmatch(path)):
                 name, version, label = _target(m)
                 if not name:
@@ -101,6 +105,12 @@ class RestApi:
             response, always_print_fields_with_no_presence=True, preserving_proto_field_name=True, indent=1
         )
         return _reply(200, text.encode())
+
+    def _runtime(self, name: str) -> web.Response:
+        versions = [{"version": str(n), **servable.details()} for n, servable in self._manager.versions(name)]
+        if not versions:
+            self._manager.status(name)  # NOT_FOUND for an unknown model, as status says it
+        return _reply(200, rest_codec.dumps({"model": name, "versions": versions}))
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
         servable = self._manager.servable(name, version, label)

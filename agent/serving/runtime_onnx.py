@@ -67,7 +67,7 @@ class OnnxServable(Servable):
             declared = self._session.get_modelmeta().custom_metadata_map.get(SIGNATURES_KEY)
         self.signatures = build_signatures(inputs, outputs, declared, str(model_file))
 
-    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str], graph: str = "") -> dict[str, np.ndarray]:
         """Run the session; ONNX Runtime's argument errors become INVALID_ARGUMENT."""
         try:
             results = self._session.run(output_names, feeds)

@@ -42,6 +42,9 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...] | None
+    # The tensor's name in its source graph when that differs from `name` (a SavedModel's
+    # "serving_default_x:0"): what metadata reports.
+    tensor_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     features: Mapping[str, TensorSpec] = field(default_factory=dict)
+    # Which of the servable's graphs computes it ("" = its only graph).
+    graph: str = ""
 
     @property
     def takes_examples(self) -> bool:
@@ -73,11 +78,24 @@ class Servable:
         self.version = version
         self.path = path
         self.signatures: dict[str, Signature] = {}
+        # What the runtime really computes in (fp32, bf16, fp16), shown in status and metrics.
+        self.precision = "fp32"
+        # The source model's own SignatureDef protos (SavedModels), reported as metadata.
+        self.signature_defs: dict = {}
+        # Signatures of the model that cannot be served: name -> why.
+        self.refused: dict[str, str] = {}
 
-    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        """Run the graph on `feeds` (graph input name -> array); returns the named outputs."""
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str], graph: str = "") -> dict[str, np.ndarray]:
+        """Run a graph on `feeds` (graph input name -> array); returns the named outputs."""
         raise NotImplementedError
 
+    def details(self) -> dict:
+        """What runs this version, for status: runtime, precision, batching (None when off)."""
+        return {"runtime": self.runtime, "precision": self.precision, "batching": None,
+                "signatures_not_served": dict(self.refused)}
+
+    def close(self) -> None:
+        """Release what the runtime holds (batching threads); the default holds nothing."""
 
 
 def build_signatures(

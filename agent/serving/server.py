@@ -13,11 +13,15 @@ import grpc
 from aiohttp import web
 
 import agent.log
+from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, parse_models_config
 from agent.serving.grpc_api import CHANNEL_OPTIONS, add_services
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
 from agent.serving.rest import RestApi
+from agent.serving.runtime import RuntimeOptions
+from agent.serving.servable import Servable
+from agent.serving.warmup import warm_up
 
 log = agent.log.get(__name__)
 
@@ -43,6 +47,10 @@ class ServerOptions:
     threads: int = 0  # intra-op threads per inference; 0 = the CPU count
     model_name: str = "default"
     model_base_path: Path | None = None
+    runtime: str = "auto"  # auto | openvino | onnxruntime
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile_cache_dir: Path | None = None
+    batching: BatchingOptions = BatchingOptions()
 
 
 def _address(host: str, port: int) -> str:
@@ -56,9 +64,11 @@ class ModelServer:
         self.options = options
         threads = options.threads or cpu_count()
         self._threads = threads
-        # Inference: a few runs may overlap (small models, request parsing); each run
-        # already spreads over `threads` cores inside ONNX Runtime.
-        self._inference = ThreadPoolExecutor(max_workers=max(4, threads), thread_name_prefix="inference")
+        self._runtime = RuntimeOptions(options.runtime, options.precision, threads, options.compile_cache_dir)
+        # Inference: request parsing and runs overlap; with batching most workers wait
+        # for their batch, so there are enough of them to fill one.
+        workers = max(4, threads, 2 * options.batching.max_batch_size if options.batching.enabled else 0)
+        self._inference = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._loading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loading")
         self.manager = ModelManager(self._load, self._loading)
         self._runner: web.AppRunner | None = None
@@ -66,8 +76,20 @@ class ModelServer:
         self._tasks: list[asyncio.Task] = []
         self._config_text: str | None = None
 
-    def _load(self, name: str, version: int, path: Path):
-        return load_servable(name, version, path, self._threads)
+    def _load(self, name: str, version: int, path: Path) -> Servable:
+        """Load, warm up and (where its signatures allow a batch dimension) batch one version."""
+        servable = load_servable(name, version, path, self._runtime)
+        batching = self.options.batching
+        batched = batching.enabled and bool(batch_graphs(servable))
+        sizes = (1, batching.max_batch_size) if batched else (1,)
+        try:
+            done = warm_up(servable, sizes)
+        except BaseException:
+            servable.close()
+            raise
+        log.info("model version warmed up", model=name, version=version, runtime=servable.runtime,
+                 precision=servable.precision, batching=batched, warmup=done)
+        return BatchingServable(servable, batching) if batched else servable
 
     async def start(self) -> None:
         """Load the configured models, then listen on the REST and gRPC ports.
