@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--intra_op_threads", type=int, default=0, help="threads per inference (default: the CPU count)"
     )
+    parser.add_argument(
+        "--max_request_bytes", type=int, default=None,
+        help="largest REST body or gRPC message accepted (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--max_concurrent_requests", type=int, default=None,
+        help="inference requests in progress; past it 503/UNAVAILABLE (default 64)",
+    )
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -40,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     import agent.log
+    from agent.serving import limits
     from agent.serving.server import ServerOptions
 
     agent.log.setup(level=args.log_level)
@@ -53,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         threads=max(0, args.intra_op_threads),
         model_name=args.model_name,
         model_base_path=args.model_base_path,
+        max_request_bytes=args.max_request_bytes or limits.MAX_REST_BODY_BYTES,
+        max_concurrent_requests=args.max_concurrent_requests or limits.MAX_CONCURRENT_REQUESTS,
     )
     return asyncio.run(_serve(options))
 
