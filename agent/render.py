@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import jinja2
 
-from agent import PROJECT_ROOT
+from agent import PROJECT_ROOT, limits
 from agent.paths import Paths
 from agent.state import ENVOY_ADMIN_PORT, HEALTH_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState
 
@@ -155,7 +155,8 @@ def render_envoy(
 ) -> list[RenderedFile]:
     """Envoy's bootstrap and its dynamic listeners, clusters and endpoints."""
     dyn = str(paths.envoy_dynamic)
-    common = {"state": state, "dynamic_dir": dyn, "health_port": HEALTH_PORT, "rest_port": SERVING_REST_PORT}
+    common = {"state": state, "dynamic_dir": dyn, "health_port": HEALTH_PORT, "rest_port": SERVING_REST_PORT,
+              "limits": limits.ENVOY.as_dict()}
     files = [
         RenderedFile(
             paths.envoy_conf / "bootstrap.yaml",
