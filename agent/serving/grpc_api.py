@@ -197,11 +197,61 @@ def _regress(servable: Servable, request: regression_pb2.RegressionRequest):
     return response
 
 
+class _Malformed:
+    """A request message that did not parse (stands in for it until the handler refuses it)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(message_class):
+    """A deserializer that turns unparseable bytes into _Malformed instead of raising
+    (gRPC would answer UNKNOWN; TF Serving's answer is INVALID_ARGUMENT)."""
+
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as e:  # DecodeError, nesting past protobuf's recursion limit
+            return _Malformed(f"{type(e).__name__}: {e}")
+
+    return parse
+
+
+def _refusing_malformed(method):
+    async def handle(request, context):
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse the request: {request.error}")
+        return await method(request, context)
+
+    return handle
+
+
+def _add_prediction_service(server: grpc.aio.Server, servicer: PredictionService) -> None:
+    """PredictionService as the generated code registers it, with lenient request parsing."""
+    types = {
+        "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+        "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
+        "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "GetModelMetadata": (
+            get_model_metadata_pb2.GetModelMetadataRequest, get_model_metadata_pb2.GetModelMetadataResponse
+        ),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _refusing_malformed(getattr(servicer, name)),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in types.items()
+    }
+    service = "tensorflow.serving.PredictionService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def add_services(
     server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None
 ) -> None:
     """Register both TF Serving services on a gRPC server."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, executor, admission), server
-    )
+    _add_prediction_service(server, PredictionService(manager, executor, admission))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), server)
