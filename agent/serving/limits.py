@@ -33,7 +33,8 @@ def check_shape(shape: Iterable[int], where: str = "") -> int:
     if len(shape) > MAX_TENSOR_RANK:
         raise invalid_argument(f"{where}tensor rank {len(shape)} exceeds the limit of {MAX_TENSOR_RANK}")
     count = math.prod(shape)
-    if count > MAX_TENSOR_ELEMENTS:
+    # Zero-size shapes count too: numpy cannot even describe [0, 2**62].
+    if math.prod(max(d, 1) for d in shape) > MAX_TENSOR_ELEMENTS:
         raise invalid_argument(
             f"{where}tensor shape {list(shape)} has {count} elements, more than the limit of {MAX_TENSOR_ELEMENTS}"
         )
