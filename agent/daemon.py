@@ -13,7 +13,7 @@ import time
 import structlog
 from aiohttp import web
 
-from agent import log
+from agent import limits, log
 from agent.console import ConsoleContext, start_console
 from agent.control import create_control_app, start_control
 from agent.files import remove_stale_staging
@@ -97,8 +97,20 @@ class Agent:
                 tg.create_task(self._apply_loop(), name="reconcile")
                 tg.create_task(self.syncer.run(), name="model-sync")
                 tg.create_task(self.commands.run(), name="commands")
+                tg.create_task(self._rotate_logs(), name="log-rotation")
         finally:
             await asyncio.shield(self._shutdown())
+
+    async def _rotate_logs(self) -> None:
+        """Keep the logs Envoy, the model server and the hooks append to within bounds."""
+        while True:
+            try:
+                rotated = await asyncio.to_thread(log.rotate_owned_logs, self.paths.logs)
+                if rotated:
+                    logger.info("logs.rotated", files=rotated)
+            except OSError as e:
+                logger.warning("logs.rotation_failed", error=str(e))
+            await asyncio.sleep(limits.LOG_ROTATE_INTERVAL)
 
     async def _shutdown(self) -> None:
         for runner in (self._console, self._control):

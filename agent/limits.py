@@ -66,3 +66,12 @@ CONSOLE_IDLE_TIMEOUT = 30.0  # seconds an idle keep-alive connection is kept
 # attempt is checked (1 s, 2 s, 4 s ... up to 60 s); meanwhile the client gets 429.
 LOGIN_BASE_DELAY = 1.0
 LOGIN_MAX_DELAY = 60.0
+
+# --- Logs the agent writes or owns (agent.log, Envoy's, the model server's, cmd.log) -
+LOG_MAX_BYTES = 50 * MIB  # a log over this size is rotated (run --log-max-bytes)
+LOG_BACKUPS = 5  # rotated files kept: name.log.1 .. name.log.5 (run --log-backups)
+LOG_ROTATE_INTERVAL = 30.0  # seconds between size checks of the logs other processes write
+# Repeated warnings/errors of one kind: at most this many lines per window, then one
+# line saying how many were suppressed.
+LOG_REPEAT_BURST = 10
+LOG_REPEAT_WINDOW = 60.0

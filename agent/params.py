@@ -90,8 +90,16 @@ def _json_schema(spec: dict) -> dict:
     if "max" in spec:
         rules["maximum"] = spec["max"]
     if "pattern" in spec:
-        rules["pattern"] = spec["pattern"]
+        rules["pattern"] = strict_pattern(spec["pattern"])
     return rules
+
+
+def strict_pattern(pattern: str) -> str:
+    """The pattern with a final `$` that matches only at the very end: Python's `$` also
+    matches before a trailing newline, so "X\n" passed `^.{0,128}$`."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        return pattern[:-1] + r"\Z"
+    return pattern
 
 
 def _convert(spec: dict, raw: str) -> Any:
@@ -116,8 +124,17 @@ def _convert(spec: dict, raw: str) -> Any:
     return raw
 
 
+def is_secret(spec: dict) -> bool:
+    """True for a parameter whose value must never appear in a message."""
+    return spec["type"] == "password"
+
+
 def _describe(error: jsonschema.ValidationError, spec: dict) -> str:
     validator = error.validator
+    if is_secret(spec):
+        # The rule only: a rejected secret is often the real one with a typo.
+        rule = {"pattern": f"must match {spec.get('pattern')}", "enum": "must be one of the allowed values"}
+        return rule.get(validator, f"fails the {validator} rule") + " (value not shown)"
     if validator == "enum":
         return f"must be one of {', '.join(map(str, spec['range']))}, got {error.instance!r}"
     if validator == "minimum":
