@@ -58,6 +58,11 @@ class EnvoyLimits:
 
 ENVOY = EnvoyLimits()
 
+# --- Open files ----------------------------------------------------------------------
+# LimitNOFILE of every unit in systemd/; in local mode the agent raises its soft limit
+# (inherited by Envoy and the model server it starts) to this, or to the hard limit.
+NOFILE = 65536
+
 # --- Console (8090) ------------------------------------------------------------------
 CONSOLE_MAX_CONNECTIONS = 64  # past it new connections are closed at once
 CONSOLE_HEADER_TIMEOUT = 10.0  # seconds to send the request headers, else closed

@@ -64,14 +64,31 @@ async def serve_until_signalled(coro) -> None:
         pass
 
 
+def raise_nofile_limit(wanted: int) -> tuple[int, int]:
+    """Raise this process's soft open-files limit towards `wanted` (capped by the hard
+    limit); its children inherit it. Returns (soft, hard) in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM."""
+    from agent import limits
     from agent.daemon import Agent
     from agent.metadata import open_source
+    from agent.systemd import systemd_mode
 
     paths = paths_from(args)
     paths.ensure()
     setup_logging(args, paths)
+    if not systemd_mode():  # under systemd, LimitNOFILE in the units does it
+        raise_nofile_limit(limits.NOFILE)
     agent = Agent(paths, open_source(args.metadata, **source_options(args)), console=not args.no_console)
     asyncio.run(serve_until_signalled(agent.run()))
     return 0
