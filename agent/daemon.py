@@ -17,7 +17,7 @@ from agent import limits, log
 from agent.console import ConsoleContext, start_console
 from agent.control import create_control_app, start_control
 from agent.files import remove_stale_staging
-from agent.lifecycle import Lifecycle, NodeProcesses
+from agent.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metrics import Metrics
@@ -98,6 +98,7 @@ class Agent:
                 tg.create_task(self.syncer.run(), name="model-sync")
                 tg.create_task(self.commands.run(), name="commands")
                 tg.create_task(self._rotate_logs(), name="log-rotation")
+                tg.create_task(self._watch_envoy_drift(), name="envoy-drift")
         finally:
             await asyncio.shield(self._shutdown())
 
@@ -111,6 +112,21 @@ class Agent:
             except OSError as e:
                 logger.warning("logs.rotation_failed", error=str(e))
             await asyncio.sleep(limits.LOG_ROTATE_INTERVAL)
+
+    async def _watch_envoy_drift(self) -> None:
+        """A drain or health-check failure someone did through Envoy's admin port shows in
+        status and health, and is undone: the node serves as its metadata says."""
+        while True:
+            await asyncio.sleep(DRIFT_INTERVAL)
+            if self.supervisor is None:
+                continue
+            try:
+                drift = await self.lifecycle.envoy_drift()
+                if drift:
+                    logger.warning("envoy.drift", drift=list(drift))
+                    await self.lifecycle.restore_envoy(drift)
+            except Exception:
+                logger.exception("envoy.drift_check_failed")
 
     async def _shutdown(self) -> None:
         for runner in (self._console, self._control):

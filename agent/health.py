@@ -80,13 +80,16 @@ async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
     )
     if not ready:
         reasons.append("Envoy is not ready")
+    drift = await lifecycle.envoy_drift() if ready else ()
+    reasons.extend(drift)
     answering = (model is not None) if serving else None
     available = bool(model) if serving else None
     if serving and model is None:
         reasons.append("the model server does not answer")
     elif serving and not model:
         reasons.append(f"the model server does not report {name} AVAILABLE")
-    healthy = ready and applied and available is not False and not lifecycle.stopped and not lifecycle.draining
+    healthy = (ready and applied and available is not False and not lifecycle.stopped and not lifecycle.draining
+               and not drift)
     return HealthReport(healthy, ready, answering, available, applied, tuple(reasons))
 
 
@@ -99,6 +102,11 @@ async def repair(agent: "Agent", lifecycle: "Lifecycle", report: HealthReport) -
     processes = lifecycle.processes
     if report.healthy or processes is None or lifecycle.stopped or lifecycle.draining:
         return []
+    drift = tuple(r for r in report.reasons if r in lifecycle.drift)
+    if drift and report.envoy_ready:
+        # Put back what metadata says; a drained Envoy comes back by a restart.
+        if "restart envoy" in await lifecycle.restore_envoy(drift):
+            return [ENVOY]
     restarted = []
     if not report.envoy_ready:
         restarted.append(ENVOY)
