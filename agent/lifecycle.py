@@ -117,7 +117,8 @@ class Lifecycle:
 
     def status(self) -> dict:
         """What status shows about the lifecycle."""
-        return {"stopped": self.stopped, "draining": self.draining, "envoy_drift": list(self.drift)}
+        drift = {"envoy_drift": list(self.drift)} if self.drift else {}  # shown only when there is some
+        return {"stopped": self.stopped, "draining": self.draining, **drift}
 
     def admin_url(self) -> str | None:
         """Base URL of this node's Envoy admin API, once a state is in force."""
