@@ -15,6 +15,7 @@ from aiohttp import web
 
 from agent import limits, log
 from agent.console import ConsoleContext, start_console
+from agent.console.guard import server_ssl_context
 from agent.control import create_control_app, start_control
 from agent.files import remove_stale_staging
 from agent.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
@@ -73,6 +74,7 @@ class Agent:
         self._changed = asyncio.Event()
         self._control: web.AppRunner | None = None
         self._console: web.AppRunner | None = None
+        self._console_tls: tuple[str, str] = ("", "")
 
     def status_dict(self) -> dict:
         """Current status, JSON-ready."""
@@ -184,7 +186,12 @@ class Agent:
                 self._saved_tree = snap.tree
             self.syncer.update(store_config_for(state), state.params.model_name, state.params.model_sync_interval)
             self.commands.submit(state.cmd)
+            tls = (state.params.tls_cert, state.params.tls_key)
+            if self._console is not None and self._console_tls != tls:  # HTTPS turned on, off or re-keyed
+                await self._console.cleanup()
+                self._console = None
             if self._console_enabled and self._console is None:
+                self._console_tls = tls
                 await self._start_console(state)
 
     async def _start_console(self, state: ClusterState) -> None:
@@ -196,8 +203,10 @@ class Agent:
             model_server_url=f"http://{state.me.ip}:{SERVING_REST_PORT}",
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
         )
+        p = state.params
         try:
-            self._console = await start_console(ctx, state.me.ip, CONSOLE_PORT)
-        except OSError as e:
+            context = server_ssl_context(p.tls_cert, p.tls_key) if p.tls else None
+            self._console = await start_console(ctx, state.me.ip, CONSOLE_PORT, context)
+        except OSError as e:  # ssl.SSLError included
             logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
             self._console_enabled = False

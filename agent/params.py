@@ -37,6 +37,13 @@ class Params:
     model_sync_interval: int
     serving_backend: str
     web_password: str = field(repr=False)
+    tls_cert: str
+    tls_key: str = field(repr=False)
+
+    @property
+    def tls(self) -> bool:
+        """True when the public listeners and the console serve TLS."""
+        return bool(self.tls_cert and self.tls_key)
 
     @property
     def bucket(self) -> str:
@@ -205,4 +212,27 @@ def _cross_field_problems(p: Params) -> list[Problem]:
         for key, value in (("s3.access.key", p.s3_access_key), ("s3.secret.key", p.s3_secret_key)):
             if not value:
                 problems.append(Problem(f"env/{key}", f"is required when s3.type is {p.s3_type} (no default key is shipped)"))
+    if bool(p.tls_cert) != bool(p.tls_key):
+        problems.append(Problem("env/tls.key", "tls.cert and tls.key go together: set both or neither"))
+    elif p.tls and (why := tls_problem(p.tls_cert, p.tls_key)):
+        problems.append(Problem("env/tls.cert", why))
     return problems
+
+
+def tls_problem(cert: str, key: str) -> str | None:
+    """Why a certificate and key cannot serve TLS (never quoting the key), or None."""
+    import os
+    import ssl
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(cert_file, "w") as f:
+            f.write(cert)
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(key)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, OSError) as e:
+            return f"tls.cert and tls.key do not load as a PEM certificate and its private key ({getattr(e, 'reason', None) or 'unreadable'})"
+    return None

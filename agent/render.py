@@ -188,10 +188,11 @@ def render_envoy(
         version=cds_version,
     ))
     listeners = public_listeners(state, retired_listeners)
-    lds_version = _version("lds", state.me.ip, str(listeners), str(p.enable_access_log))
+    lds_version = _version("lds", state.me.ip, str(listeners), str(p.enable_access_log), p.tls_cert, p.tls_key)
     files.append(RenderedFile(
         paths.envoy_dynamic / "lds.yaml",
         render_template("envoy/lds.yaml.j2", tree, version=lds_version, listeners=listeners, **lds_ctx, **common).encode(),
+        mode=0o600 if p.tls else 0o644,  # it then holds the TLS private key
         check=Check.ENVOY_DYNAMIC,
         version=lds_version,
     ))

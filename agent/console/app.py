@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -130,15 +131,17 @@ def create_app(ctx: ConsoleContext, hosts: frozenset[str] | None = None) -> web.
     return app
 
 
-async def start_console(ctx: ConsoleContext, host: str, port: int = 8090) -> web.AppRunner:
-    """Serve the console on host:port; the caller owns the runner (`await runner.cleanup()`)."""
+async def start_console(ctx: ConsoleContext, host: str, port: int = 8090,
+                        ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve the console on host:port (HTTPS with `ssl_context`); the caller owns the runner."""
     runner = web.AppRunner(create_app(ctx, allowed_hosts(host)), access_log=None, shutdown_timeout=2.0,
                            keepalive_timeout=limits.CONSOLE_IDLE_TIMEOUT)
     await runner.setup()
     try:
-        await GuardedSite(runner, host, port, ConnectionGuard()).start()
+        await GuardedSite(runner, host, port, ConnectionGuard(), ssl_context=ssl_context).start()
     except OSError:
         await runner.cleanup()
         raise
-    log.info("console listening", url=f"http://{host}:{port}/", protected=bool(ctx.password()))
+    scheme = "https" if ssl_context else "http"
+    log.info("console listening", url=f"{scheme}://{host}:{port}/", protected=bool(ctx.password()))
     return runner

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
+import tempfile
 import time
 import weakref
 from typing import Awaitable, Callable
@@ -183,3 +185,17 @@ class LoginThrottle:
     def succeeded(self, client: str) -> None:
         """Forget the client's failures."""
         self._failures.pop(client, None)
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A TLS server context from PEM text (the key passes through a private temporary file)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(cert_file, "w") as f:
+            f.write(cert)
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(key)
+        context.load_cert_chain(cert_file, key_file)
+    return context
