@@ -29,6 +29,12 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # per encoded picture, from its header: 400 / IN
 # request is refused at once with HTTP 503 / gRPC UNAVAILABLE, which Envoy retries on
 # another node, instead of queueing without bound.
 MAX_CONCURRENT_REQUESTS = 64
+# A REST body must arrive within this many seconds (HTTP 408): a slow upload cannot hold
+# one of the slots above for long.
+REST_BODY_TIMEOUT = 60.0
+# gRPC calls in progress of any kind (messages being received included); past it gRPC
+# answers RESOURCE_EXHAUSTED. Bounds the memory of messages being received.
+MAX_GRPC_RPCS = 4 * MAX_CONCURRENT_REQUESTS
 
 
 # --- Envoy's public listeners (http.port, grpc.port) --------------------------------

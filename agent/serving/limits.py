@@ -11,11 +11,13 @@ from agent.limits import (  # noqa: F401  (re-exported for the serving modules)
     MAX_CONCURRENT_REQUESTS,
     MAX_FILL_BYTES,
     MAX_GRPC_MESSAGE_BYTES,
+    MAX_GRPC_RPCS,
     MAX_IMAGE_PIXELS,
     MAX_INPUTS,
     MAX_REST_BODY_BYTES,
     MAX_TENSOR_ELEMENTS,
     MAX_TENSOR_RANK,
+    REST_BODY_TIMEOUT,
 )
 from agent.serving.errors import ServingError, invalid_argument, unavailable
 from agent.serving.protos import error_codes_pb2

@@ -93,9 +93,15 @@ class RestApi:
         self._admission.enter()
         try:
             try:
-                body = await request.read()
+                async with asyncio.timeout(limits.REST_BODY_TIMEOUT):
+                    body = await request.read()
             except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit
                 return self._too_large(None)
+            except TimeoutError:
+                response = _reply(408, rest_codec.error_body(
+                    f"Request body not received within {limits.REST_BODY_TIMEOUT:g} seconds"))
+                response.force_close()
+                return response
             return await self._post(m.group(4).lower(), *_target(m), body)
         finally:
             self._admission.leave()

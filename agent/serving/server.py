@@ -87,7 +87,8 @@ class ModelServer:
             self._runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=5)
             await self._runner.setup()
             await web.TCPSite(self._runner, o.host, o.rest_port, reuse_address=True).start()
-        self._grpc = grpc.aio.server(options=channel_options(o.max_request_bytes))
+        self._grpc = grpc.aio.server(options=channel_options(o.max_request_bytes),
+                                     maximum_concurrent_rpcs=limits.MAX_GRPC_RPCS)
         add_services(self._grpc, self.manager, self._inference, self._admission)
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")

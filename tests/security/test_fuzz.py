@@ -67,5 +67,6 @@ def test_fuzz_of_the_public_surface(target):
             for c in channels.values():
                 c.close()
     assert not failures, f"{len(failures)} bad answers, first: " + "\n".join(failures[:10])
+    print(f"fuzz: {REST_CASES} REST + {GRPC_CASES} gRPC cases, model server peak RSS {peak >> 20} MiB")
     assert peak < RSS_BOUND
     target.assert_healthy()
