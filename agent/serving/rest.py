@@ -22,7 +22,7 @@ import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
 from agent.serving.manager import ModelManager
 from agent.serving.protos import get_model_status_pb2, model_pb2
-from agent.serving.versions import parse_version
+from agent.serving.versions import MAX_VERSION
 
 # TF Serving's own path patterns (model_servers/http_rest_api_util.cc).
 _PREDICT_PATH = re.compile(
@@ -44,9 +44,12 @@ def _error(e: ServingError) -> web.Response:
 
 def _target(match: re.Match) -> tuple[str, int | None, str | None]:
     name = unquote(match.group(1) or "")
-    version = parse_version(match.group(2)) if match.group(2) else None
-    if match.group(2) and version is None:
-        raise invalid_argument(f"Invalid version in request: {match.group(2)[:30]}")
+    digits = match.group(2)
+    # As TF Serving parses it (leading zeros allowed), but within int64: a larger number
+    # is a client error, not a 500.
+    version = int(digits) if digits else None
+    if version is not None and version > MAX_VERSION:
+        raise invalid_argument(f"Invalid version in request: {digits[:30]}")
     label = unquote(match.group(3)) if match.group(3) else None
     return name, version, label
 
