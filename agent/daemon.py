@@ -13,11 +13,12 @@ import time
 import structlog
 from aiohttp import web
 
-from agent import log
+from agent import limits, log
 from agent.console import ConsoleContext, start_console
+from agent.console.guard import server_ssl_context
 from agent.control import create_control_app, start_control
 from agent.files import remove_stale_staging
-from agent.lifecycle import Lifecycle, NodeProcesses
+from agent.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metrics import Metrics
@@ -75,6 +76,7 @@ class Agent:
         self._changed = asyncio.Event()
         self._control: web.AppRunner | None = None
         self._console: web.AppRunner | None = None
+        self._console_tls: tuple[str, str] = ("", "")
 
     def status_dict(self) -> dict:
         """Current status, JSON-ready."""
@@ -101,8 +103,36 @@ class Agent:
                 tg.create_task(self.syncer.run(), name="model-sync")
                 tg.create_task(self.repo.run(), name="repository-seed")
                 tg.create_task(self.commands.run(), name="commands")
+                tg.create_task(self._rotate_logs(), name="log-rotation")
+                tg.create_task(self._watch_envoy_drift(), name="envoy-drift")
         finally:
             await asyncio.shield(self._shutdown())
+
+    async def _rotate_logs(self) -> None:
+        """Keep the logs Envoy, the model server and the hooks append to within bounds."""
+        while True:
+            try:
+                rotated = await asyncio.to_thread(log.rotate_owned_logs, self.paths.logs)
+                if rotated:
+                    logger.info("logs.rotated", files=rotated)
+            except OSError as e:
+                logger.warning("logs.rotation_failed", error=str(e))
+            await asyncio.sleep(limits.LOG_ROTATE_INTERVAL)
+
+    async def _watch_envoy_drift(self) -> None:
+        """A drain or health-check failure someone did through Envoy's admin port shows in
+        status and health, and is undone: the node serves as its metadata says."""
+        while True:
+            await asyncio.sleep(DRIFT_INTERVAL)
+            if self.supervisor is None:
+                continue
+            try:
+                drift = await self.lifecycle.envoy_drift()
+                if drift:
+                    logger.warning("envoy.drift", drift=list(drift))
+                    await self.lifecycle.restore_envoy(drift)
+            except Exception:
+                logger.exception("envoy.drift_check_failed")
 
     async def _shutdown(self) -> None:
         for runner in (self._console, self._control):
@@ -164,7 +194,12 @@ class Agent:
                                state.params.model_sync_interval)
             self.repo.update(state)
             self.commands.submit(state.cmd)
+            tls = (state.params.tls_cert, state.params.tls_key)
+            if self._console is not None and self._console_tls != tls:  # HTTPS turned on, off or re-keyed
+                await self._console.cleanup()
+                self._console = None
             if self._console_enabled and self._console is None:
+                self._console_tls = tls
                 await self._start_console(state)
 
     async def _start_console(self, state: ClusterState) -> None:
@@ -176,8 +211,10 @@ class Agent:
             model_server_url=f"http://{state.me.ip}:{SERVING_REST_PORT}",
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
         )
+        p = state.params
         try:
-            self._console = await start_console(ctx, state.me.ip, CONSOLE_PORT)
-        except OSError as e:
+            context = server_ssl_context(p.tls_cert, p.tls_key) if p.tls else None
+            self._console = await start_console(ctx, state.me.ip, CONSOLE_PORT, context)
+        except OSError as e:  # ssl.SSLError included
             logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
             self._console_enabled = False

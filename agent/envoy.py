@@ -136,6 +136,11 @@ class EnvoyAdmin:
             return False
         return status == 200
 
+    async def server_state(self) -> str:
+        """Envoy's server state from /server_info: LIVE, or DRAINING after /healthcheck/fail."""
+        _, text = await self._get("/server_info")
+        return str(json.loads(text).get("state", ""))
+
     async def stats(self, pattern: str) -> dict[str, Any]:
         """Stats (counters, gauges, text readouts) whose names match the regex `pattern`."""
         _, text = await self._get("/stats", filter=pattern, format="json")

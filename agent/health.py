@@ -91,6 +91,8 @@ async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
         reasons.append(f"MinIO does not answer on {minio_address(state.me.ip)}{HEALTH_PATH}")
     if not ready:
         reasons.append("Envoy is not ready")
+    drift = await lifecycle.envoy_drift() if ready else ()
+    reasons.extend(drift)
     answering = (model is not None) if serving else None
     available = bool(model) if serving else None
     if serving and model is None:
@@ -99,7 +101,7 @@ async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
         reasons.append(f"the model server does not report {name} AVAILABLE")
     live = bool(live) if minio else None
     healthy = (ready and applied and available is not False and live is not False and not problems
-               and not lifecycle.stopped and not lifecycle.draining)
+               and not lifecycle.stopped and not lifecycle.draining and not drift)
     return HealthReport(healthy, ready, answering, available, applied, tuple(reasons), live)
 
 
@@ -112,6 +114,11 @@ async def repair(agent: "Agent", lifecycle: "Lifecycle", report: HealthReport) -
     processes = lifecycle.processes
     if report.healthy or processes is None or lifecycle.stopped or lifecycle.draining:
         return []
+    drift = tuple(r for r in report.reasons if r in lifecycle.drift)
+    if drift and report.envoy_ready:
+        # Put back what metadata says; a drained Envoy comes back by a restart.
+        if "restart envoy" in await lifecycle.restore_envoy(drift):
+            return [ENVOY]
     restarted = []
     if not report.envoy_ready:
         restarted.append(ENVOY)

@@ -47,6 +47,11 @@ DETECT_TIMEOUT = 5.0
 PEER_MARGIN = 1.5
 POLL = 0.1
 DRAIN_TIMEOUT = 30.0
+# Envoy states the agent did not ask for, found through its admin API.
+DRIFT_HEALTHCHECK_FAILED = "Envoy fails its health checks (admin /healthcheck/fail) though the agent is not draining"
+DRIFT_LISTENERS_DRAINED = "Envoy's listeners were drained (admin /drain_listeners)"
+# How often the agent looks for drift and restores what the metadata says.
+DRIFT_INTERVAL = 3.0
 # A model server restart for a changed command line (vertical scaling) waits its turn:
 # the n-th serving node by sid first waits n * TURN seconds, then until every other
 # serving node is healthy, so the nodes of a cluster never all restart at once.
@@ -99,6 +104,9 @@ class Lifecycle:
         self._marker = agent.paths.state / STOPPED_MARKER
         self.stopped = self._marker.exists()
         self.processes: NodeProcesses | None = None
+        # How this node's Envoy was last found to differ from what the agent set
+        # (a drain or health-check failure done through its admin port by someone else).
+        self.drift: tuple[str, ...] = ()
 
     # --- views -------------------------------------------------------------------
 
@@ -109,7 +117,8 @@ class Lifecycle:
 
     def status(self) -> dict:
         """What status shows about the lifecycle."""
-        return {"stopped": self.stopped, "draining": self.draining}
+        drift = {"envoy_drift": list(self.drift)} if self.drift else {}  # shown only when there is some
+        return {"stopped": self.stopped, "draining": self.draining, **drift}
 
     def admin_url(self) -> str | None:
         """Base URL of this node's Envoy admin API, once a state is in force."""
@@ -147,6 +156,40 @@ class Lifecycle:
             if host:
                 out[name] = {"health": host.health, "rq_active": host.stats.get("rq_active", 0)}
         return out
+
+    # --- Envoy admin drift ----------------------------------------------------------
+
+    async def envoy_drift(self) -> tuple[str, ...]:
+        """Check this node's Envoy against what the agent set; remembers and returns the differences."""
+        state = self.state
+        if state is None or self.stopped or self.draining:
+            self.drift = ()
+            return self.drift
+        admin = self.agent.reconciler.admin(state)
+        try:
+            server_state = await admin.server_state()
+            stats = await admin.stats(r"^listener_manager\.listener_stopped$")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return self.drift  # Envoy down is health's business (restart), not drift
+        drift = []
+        if server_state == "DRAINING" and not self.draining:
+            drift.append(DRIFT_HEALTHCHECK_FAILED)
+        if stats.get("listener_manager.listener_stopped", 0) > 0:
+            drift.append(DRIFT_LISTENERS_DRAINED)
+        self.drift = tuple(drift)
+        return self.drift
+
+    async def restore_envoy(self, drift: tuple[str, ...]) -> list[str]:
+        """Undo drift: health checks passing again, drained listeners back (an Envoy restart)."""
+        done = []
+        if DRIFT_HEALTHCHECK_FAILED in drift and not self.draining and await self._admin_post("/healthcheck/ok"):
+            done.append("healthcheck/ok")
+        if DRIFT_LISTENERS_DRAINED in drift and self.processes is not None and not self.stopped:
+            await self.processes.restart(ENVOY)
+            done.append("restart envoy")
+        if done:
+            logger.warning("envoy.drift_restored", drift=list(drift), actions=done)
+        return done
 
     # --- drain ---------------------------------------------------------------------
 

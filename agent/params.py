@@ -37,6 +37,8 @@ class Params:
     model_sync_interval: int
     serving_backend: str
     web_password: str = field(repr=False)
+    tls_cert: str
+    tls_key: str = field(repr=False)
     serving_runtime: str = "auto"
     serving_precision: str = "auto"
     serving_batching_enable: bool = True
@@ -46,6 +48,11 @@ class Params:
     serving_batching_num_batch_threads: int = 1
     serving_batching_allowed_batch_sizes: str = ""
     serving_batching_pad_variable_length_inputs: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """True when the public listeners and the console serve TLS."""
+        return bool(self.tls_cert and self.tls_key)
 
     @property
     def bucket(self) -> str:
@@ -99,8 +106,16 @@ def _json_schema(spec: dict) -> dict:
     if "max" in spec:
         rules["maximum"] = spec["max"]
     if "pattern" in spec:
-        rules["pattern"] = spec["pattern"]
+        rules["pattern"] = strict_pattern(spec["pattern"])
     return rules
+
+
+def strict_pattern(pattern: str) -> str:
+    """The pattern with a final `$` that matches only at the very end: Python's `$` also
+    matches before a trailing newline, so "X\n" passed `^.{0,128}$`."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        return pattern[:-1] + r"\Z"
+    return pattern
 
 
 def _convert(spec: dict, raw: str) -> Any:
@@ -125,8 +140,17 @@ def _convert(spec: dict, raw: str) -> Any:
     return raw
 
 
+def is_secret(spec: dict) -> bool:
+    """True for a parameter whose value must never appear in a message."""
+    return spec["type"] == "password"
+
+
 def _describe(error: jsonschema.ValidationError, spec: dict) -> str:
     validator = error.validator
+    if is_secret(spec):
+        # The rule only: a rejected secret is often the real one with a typo.
+        rule = {"pattern": f"must match {spec.get('pattern')}", "enum": "must be one of the allowed values"}
+        return rule.get(validator, f"fails the {validator} rule") + " (value not shown)"
     if validator == "enum":
         return f"must be one of {', '.join(map(str, spec['range']))}, got {error.instance!r}"
     if validator == "minimum":
@@ -204,4 +228,27 @@ def _cross_field_problems(p: Params) -> list[Problem]:
             f"must be increasing sizes ending with serving.batching.max_batch_size ({p.serving_batching_max_batch_size}), "
             f"got {p.serving_batching_allowed_batch_sizes!r}",
         ))
+    if bool(p.tls_cert) != bool(p.tls_key):
+        problems.append(Problem("env/tls.key", "tls.cert and tls.key go together: set both or neither"))
+    elif p.tls and (why := tls_problem(p.tls_cert, p.tls_key)):
+        problems.append(Problem("env/tls.cert", why))
     return problems
+
+
+def tls_problem(cert: str, key: str) -> str | None:
+    """Why a certificate and key cannot serve TLS (never quoting the key), or None."""
+    import os
+    import ssl
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(cert_file, "w") as f:
+            f.write(cert)
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(key)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, OSError) as e:
+            return f"tls.cert and tls.key do not load as a PEM certificate and its private key ({getattr(e, 'reason', None) or 'unreadable'})"
+    return None

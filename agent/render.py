@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import jinja2
 
-from agent import PROJECT_ROOT
+from agent import PROJECT_ROOT, limits
 from agent.paths import Paths
 from agent.state import ENVOY_ADMIN_PORT, HEALTH_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState
 
@@ -155,7 +155,8 @@ def render_envoy(
 ) -> list[RenderedFile]:
     """Envoy's bootstrap and its dynamic listeners, clusters and endpoints."""
     dyn = str(paths.envoy_dynamic)
-    common = {"state": state, "dynamic_dir": dyn, "health_port": HEALTH_PORT, "rest_port": SERVING_REST_PORT}
+    common = {"state": state, "dynamic_dir": dyn, "health_port": HEALTH_PORT, "rest_port": SERVING_REST_PORT,
+              "limits": limits.ENVOY.as_dict()}
     files = [
         RenderedFile(
             paths.envoy_conf / "bootstrap.yaml",
@@ -187,10 +188,11 @@ def render_envoy(
         version=cds_version,
     ))
     listeners = public_listeners(state, retired_listeners)
-    lds_version = _version("lds", state.me.ip, str(listeners), str(p.enable_access_log))
+    lds_version = _version("lds", state.me.ip, str(listeners), str(p.enable_access_log), p.tls_cert, p.tls_key)
     files.append(RenderedFile(
         paths.envoy_dynamic / "lds.yaml",
         render_template("envoy/lds.yaml.j2", tree, version=lds_version, listeners=listeners, **lds_ctx, **common).encode(),
+        mode=0o600 if p.tls else 0o644,  # it then holds the TLS private key
         check=Check.ENVOY_DYNAMIC,
         version=lds_version,
     ))

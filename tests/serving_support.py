@@ -68,6 +68,7 @@ class Server:
 
     def __init__(self, config: Path, ip: str | None = None, threads: int = 1, extra_args: tuple[str, ...] = ()):
         self.config = config
+        self.extra_args = extra_args
         self.ip = ip or allocate_loopback_ip()
         self.threads = threads
         self.extra_args = tuple(extra_args)

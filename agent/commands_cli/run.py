@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 from agent.commands_cli.common import add_data_dir, add_logging, paths_from, setup_logging
@@ -21,12 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_dir(parser)
     parser.add_argument("--no-console", action="store_true", help="do not serve the web console")
     parser.add_argument("--metadata-local-addr", help="metad: source address to connect from (selects this node's /self)")
-    parser.add_argument("--etcd-user", help="etcd: user name")
-    parser.add_argument("--etcd-password-file", help="etcd: file holding the password (kept out of argv and logs)")
+    parser.add_argument("--etcd-user", help="etcd: user name (or $INFERENCE_AGENT_ETCD_USER)")
+    parser.add_argument("--etcd-password-file", help="etcd: file holding the password (or $INFERENCE_AGENT_ETCD_PASSWORD; kept out of argv and logs)")
     parser.add_argument("--etcd-ca-file", help="etcd: CA bundle for TLS (etcds://)")
     parser.add_argument("--etcd-cert-file", help="etcd: client certificate for TLS")
     parser.add_argument("--etcd-key-file", help="etcd: client key for TLS")
     add_logging(parser)
+
+
+ETCD_USER_ENV = "INFERENCE_AGENT_ETCD_USER"
+ETCD_PASSWORD_ENV = "INFERENCE_AGENT_ETCD_PASSWORD"
 
 
 def source_options(args: argparse.Namespace) -> dict:
@@ -34,11 +39,15 @@ def source_options(args: argparse.Namespace) -> dict:
     if args.metadata.startswith(("http://", "https://")):
         return {"local_addr": args.metadata_local_addr} if args.metadata_local_addr else {}
     if args.metadata.startswith(("etcd://", "etcds://")):
-        options = {"username": args.etcd_user, "ca_file": args.etcd_ca_file,
+        # Credentials from a file or the environment (a systemd EnvironmentFile), never
+        # the command line where `ps` shows them.
+        options = {"username": args.etcd_user or os.environ.get(ETCD_USER_ENV), "ca_file": args.etcd_ca_file,
                    "cert_file": args.etcd_cert_file, "key_file": args.etcd_key_file}
         if args.etcd_password_file:
             with open(args.etcd_password_file, encoding="utf-8") as f:
                 options["password"] = f.read().strip()
+        elif os.environ.get(ETCD_PASSWORD_ENV):
+            options["password"] = os.environ[ETCD_PASSWORD_ENV]
         return {k: v for k, v in options.items() if v}
     return {}
 
@@ -55,16 +64,33 @@ async def serve_until_signalled(coro) -> None:
         pass
 
 
+def raise_nofile_limit(wanted: int) -> tuple[int, int]:
+    """Raise this process's soft open-files limit towards `wanted` (capped by the hard
+    limit); its children inherit it. Returns (soft, hard) in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM."""
+    from agent import limits
     from agent.daemon import Agent
     from agent.externals import report_missing_externals
     from agent.metadata import open_source
+    from agent.systemd import systemd_mode
 
     paths = paths_from(args)
     paths.ensure()
     setup_logging(args, paths)
     report_missing_externals()
+    if not systemd_mode():  # under systemd, LimitNOFILE in the units does it
+        raise_nofile_limit(limits.NOFILE)
     agent = Agent(paths, open_source(args.metadata, **source_options(args)), console=not args.no_console)
     asyncio.run(serve_until_signalled(agent.run()))
     return 0

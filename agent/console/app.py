@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -11,8 +12,10 @@ from aiohttp import web
 
 from agent import log as agent_log
 from agent.console import cluster, logs, models
+from agent import limits
 from agent.console.auth import challenge, credentials_ok
 from agent.console.context import ConsoleContext
+from agent.console.guard import ConnectionGuard, GuardedSite, LoginThrottle, allowed_hosts, host_check, mark_request
 from agent.console.pages import CLOSING, CTX, EXECUTOR, JINJA, SESSION, STATIC, make_jinja
 
 log = agent_log.get(__name__)
@@ -35,6 +38,7 @@ MAX_REQUEST_BODY = 16 * 1024  # the console accepts no uploads
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
 @web.middleware
@@ -53,9 +57,25 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _password(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route, static files and errors included, is behind web.password when it is set."""
-    if not credentials_ok(request.headers.get("Authorization"), request.app[CTX].password()):
+    """Every route, static files and errors included, is behind web.password when it is set.
+    A client's failed logins are logged (address, never the password) and slow it down."""
+    password = request.app[CTX].password()
+    header = request.headers.get("Authorization")
+    if not password:
+        return await handler(request)
+    if header is None:  # a browser's first request: not an attempt
         raise challenge()
+    throttle, client = request.app[THROTTLE], request.remote or "-"
+    wait = throttle.wait(client)
+    if wait > 0:
+        return web.Response(status=429, text="429: too many failed logins, try again later",
+                            headers={"Retry-After": str(max(1, round(wait)))})
+    if not credentials_ok(header, password):
+        failures = throttle.failed(client)
+        log.warning("console.login_failed", client=client, failures=failures,
+                    retry_after_seconds=round(throttle.wait(client), 1))
+        raise challenge()
+    throttle.succeeded(client)
     return await handler(request)
 
 
@@ -94,10 +114,13 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-def create_app(ctx: ConsoleContext) -> web.Application:
-    """The console application for one agent (read-only: GET and HEAD routes only)."""
-    app = web.Application(middlewares=[_errors, _password], client_max_size=MAX_REQUEST_BODY)
+def create_app(ctx: ConsoleContext, hosts: frozenset[str] | None = None) -> web.Application:
+    """The console application for one agent (read-only: GET and HEAD routes only).
+    `hosts`: the Host names it answers to (None: any, for tests of the pages alone)."""
+    middlewares = [mark_request] + ([host_check(hosts)] if hosts is not None else []) + [_errors, _password]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BODY)
     app[CTX] = ctx
+    app[THROTTLE] = LoginThrottle()
     app[JINJA] = make_jinja()
     app[CLOSING] = asyncio.Event()
     app.cleanup_ctx.append(_executor)
@@ -112,14 +135,17 @@ def create_app(ctx: ConsoleContext) -> web.Application:
     return app
 
 
-async def start_console(ctx: ConsoleContext, host: str, port: int = 8090) -> web.AppRunner:
-    """Serve the console on host:port; the caller owns the runner (`await runner.cleanup()`)."""
-    runner = web.AppRunner(create_app(ctx), access_log=None, shutdown_timeout=2.0)
+async def start_console(ctx: ConsoleContext, host: str, port: int = 8090,
+                        ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve the console on host:port (HTTPS with `ssl_context`); the caller owns the runner."""
+    runner = web.AppRunner(create_app(ctx, allowed_hosts(host)), access_log=None, shutdown_timeout=2.0,
+                           keepalive_timeout=limits.CONSOLE_IDLE_TIMEOUT)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await GuardedSite(runner, host, port, ConnectionGuard(), ssl_context=ssl_context).start()
     except OSError:
         await runner.cleanup()
         raise
-    log.info("console listening", url=f"http://{host}:{port}/", protected=bool(ctx.password()))
+    scheme = "https" if ssl_context else "http"
+    log.info("console listening", url=f"{scheme}://{host}:{port}/", protected=bool(ctx.password()))
     return runner

@@ -51,6 +51,10 @@ def make_matcher(query: str, regex: bool) -> Matcher | None:
         return None
     if len(query) > MAX_PATTERN_CHARS:
         raise BadFilter(f"filter longer than {MAX_PATTERN_CHARS} characters")
+    # A line never holds a line break: such a filter matches no line, yet its block
+    # pre-check matches across lines, so it would scan the whole file line by line.
+    if "\n" in query or "\r" in query or (regex and ("\\n" in query or "\\r" in query)):
+        raise BadFilter("filter cannot contain a line break (lines are matched one at a time)")
     if not regex:
         needle = query.encode()
         contains = lambda data: needle in data  # noqa: E731

@@ -94,7 +94,7 @@ def parse_spec(spec: str) -> EtcdSpec:
     """Parse `etcd[s]://[user:password@]host:port[,host:port]/prefix`."""
     parts = urlsplit(spec)
     if parts.scheme not in ("etcd", "etcds"):
-        raise ValueError(f"etcd: {spec!r} must start with etcd:// or etcds://")
+        raise ValueError(f"etcd: {parts.scheme or 'the URL'}:// is not etcd:// or etcds://")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     http = "https" if parts.scheme == "etcds" else "http"
     endpoints = tuple(f"{http}://{h.strip()}" for h in hosts.split(",") if h.strip())

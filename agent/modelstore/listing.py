@@ -7,7 +7,6 @@ directories, then each version's keys are listed (pages in parallel across versi
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from concurrent.futures import Executor
 from email.utils import parsedate_to_datetime
@@ -16,11 +15,13 @@ from typing import Any
 
 from agent import log as agent_log
 from agent.modelstore.etag import ETag, parse_etag
+from agent.serving.versions import VERSION_RULE
 
 log = agent_log.get(__name__)
 
 # TF Serving's version directories: a non-negative integer, written canonically.
-VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+# One version rule with the model server (TF Serving's int64).
+VERSION_RE = VERSION_RULE
 
 
 @dataclass(frozen=True)

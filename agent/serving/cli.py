@@ -46,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_batch_threads", type=int, default=1)
     parser.add_argument("--allowed_batch_sizes", default="", help="comma-separated, the last equal to max_batch_size")
     parser.add_argument("--pad_variable_length_inputs", default="false", help="true/false")
+    parser.add_argument(
+        "--max_request_bytes", type=int, default=None,
+        help="largest REST body or gRPC message accepted (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--max_concurrent_requests", type=int, default=None,
+        help="inference requests in progress; past it 503/UNAVAILABLE (default 64)",
+    )
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     import agent.log
     from agent.serving.batching import BatchingOptions, parse_sizes
+    from agent.serving import limits
     from agent.serving.server import ServerOptions
 
     agent.log.setup(level=args.log_level)
@@ -85,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         compile_cache_dir=args.compile_cache_dir.absolute() if args.compile_cache_dir else None,
         batching=batching,
+        max_request_bytes=args.max_request_bytes or limits.MAX_REST_BODY_BYTES,
+        max_concurrent_requests=args.max_concurrent_requests or limits.MAX_CONCURRENT_REQUESTS,
     )
     return asyncio.run(_serve(options))
 

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import any_pb2
 
 import agent.log
-from agent.serving import inference, tensors
+from agent.serving import inference, limits, tensors
 from agent.serving.config import ConfigError, from_proto
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
@@ -31,8 +31,11 @@ from agent.serving.servable import Servable
 
 log = agent.log.get(__name__)
 SIGNATURE_DEF_FIELD = "signature_def"
-# TF Serving accepts requests of any size; ResNet batches are tens of MB.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def channel_options(max_message: int = limits.MAX_GRPC_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Server options: gRPC refuses a larger message with RESOURCE_EXHAUSTED before parsing it."""
+    return [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", -1)]
 
 
 def _spec_target(spec: model_pb2.ModelSpec) -> tuple[str, int | None, str | None]:
@@ -59,15 +62,18 @@ def _examples(request_input) -> tuple[list[dict], dict | None]:
 
 
 class _Base:
-    def __init__(self, manager: ModelManager, executor: Executor):
+    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None):
         self._manager = manager
         self._executor = executor
+        self._admission = admission or limits.Admission()
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable]):
         try:
             return await fn()
         except ServingError as e:
             await context.abort(e.grpc_status, e.message)
+        except MemoryError:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Out of memory while serving the request")
         except Exception as e:
             log.exception("gRPC request failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
@@ -82,7 +88,11 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
     async def _infer(self, context, request, work: Callable):
         async def run():
             servable = self._manager.servable(*_spec_target(request.model_spec))
-            return await self._off_loop(lambda: work(servable, request))
+            self._admission.enter()
+            try:
+                return await self._off_loop(lambda: work(servable, request))
+            finally:
+                self._admission.leave()
 
         return await self._call(context, run)
 
@@ -150,6 +160,10 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
 
 def _predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
     signature = inference.signature_of(servable, request.model_spec.signature_name)
+    # Count and names first: no tensor (an unknown extra input included) is materialised
+    # for a request the signature refuses anyway.
+    limits.check_input_count(len(request.inputs))
+    inference._check_aliases(list(request.inputs), list(signature.inputs))
     arrays = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
     outputs = inference.predict(servable, signature, arrays, list(request.output_filter))
     response = predict_pb2.PredictResponse()
@@ -183,7 +197,61 @@ def _regress(servable: Servable, request: regression_pb2.RegressionRequest):
     return response
 
 
-def add_services(server: grpc.aio.Server, manager: ModelManager, executor: Executor) -> None:
+class _Malformed:
+    """A request message that did not parse (stands in for it until the handler refuses it)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(message_class):
+    """A deserializer that turns unparseable bytes into _Malformed instead of raising
+    (gRPC would answer UNKNOWN; TF Serving's answer is INVALID_ARGUMENT)."""
+
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as e:  # DecodeError, nesting past protobuf's recursion limit
+            return _Malformed(f"{type(e).__name__}: {e}")
+
+    return parse
+
+
+def _refusing_malformed(method):
+    async def handle(request, context):
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse the request: {request.error}")
+        return await method(request, context)
+
+    return handle
+
+
+def _add_prediction_service(server: grpc.aio.Server, servicer: PredictionService) -> None:
+    """PredictionService as the generated code registers it, with lenient request parsing."""
+    types = {
+        "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+        "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
+        "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "GetModelMetadata": (
+            get_model_metadata_pb2.GetModelMetadataRequest, get_model_metadata_pb2.GetModelMetadataResponse
+        ),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _refusing_malformed(getattr(servicer, name)),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in types.items()
+    }
+    service = "tensorflow.serving.PredictionService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+def add_services(
+    server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None
+) -> None:
     """Register both TF Serving services on a gRPC server."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, executor), server)
+    _add_prediction_service(server, PredictionService(manager, executor, admission))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), server)

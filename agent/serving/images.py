@@ -9,6 +9,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from agent.serving import limits
 from agent.serving.errors import invalid_argument
 from agent.serving.servable import TensorSpec
 
@@ -41,11 +42,19 @@ def decode_images(blobs: np.ndarray, spec: TensorSpec, alias: str) -> np.ndarray
     else:
         channels, height, width = spec.shape[1], spec.shape[2], spec.shape[3]
     pictures = []
+    total = 0  # elements of the decoded batch so far, bounded like any input tensor
     for i, blob in enumerate(blobs):
         if isinstance(blob, str):
             blob = blob.encode()
         try:
             with Image.open(io.BytesIO(blob), formats=FORMATS) as img:
+                # The header's size, before a single pixel is decoded.
+                limits.check_image(img.width, img.height, f"input '{alias}': element {i}: ")
+                total += (height or img.height) * (width or img.width) * channels
+                if total > limits.MAX_TENSOR_ELEMENTS:
+                    raise invalid_argument(
+                        f"input '{alias}': decoded images exceed the limit of {limits.MAX_TENSOR_ELEMENTS} values"
+                    )
                 img = img.convert(_MODES[channels])
                 if height and width and img.size != (width, height):
                     img = img.resize((width, height), Image.Resampling.BILINEAR)

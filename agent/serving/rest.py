@@ -17,11 +17,12 @@ from urllib.parse import unquote
 from aiohttp import web
 from google.protobuf import json_format
 
-from agent.serving import inference, rest_codec
+from agent.serving import inference, limits, rest_codec
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
 from agent.serving.manager import ModelManager
 from agent.serving.protos import get_model_status_pb2, model_pb2
+from agent.serving.versions import MAX_VERSION
 
 # TF Serving's own path patterns (model_servers/http_rest_api_util.cc).
 _PREDICT_PATH = re.compile(
@@ -32,7 +33,7 @@ _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/l
 _RUNTIME_PATH = re.compile(r"/v1/models/([^/:]+)/runtime")
 _JSON = "application/json"
 log = agent.log.get(__name__)
-MAX_BODY = 1 << 30
+TOO_LARGE = 413
 
 
 def _reply(status: int, body: bytes) -> web.Response:
@@ -45,7 +46,12 @@ def _error(e: ServingError) -> web.Response:
 
 def _target(match: re.Match) -> tuple[str, int | None, str | None]:
     name = unquote(match.group(1) or "")
-    version = int(match.group(2)) if match.group(2) else None
+    digits = match.group(2)
+    # As TF Serving parses it (leading zeros allowed), but within int64: a larger number
+    # is a client error, not a 500.
+    version = int(digits) if digits else None
+    if version is not None and version > MAX_VERSION:
+        raise invalid_argument(f"Invalid version in request: {digits[:30]}")
     label = unquote(match.group(3)) if match.group(3) else None
     return name, version, label
 
@@ -53,13 +59,18 @@ def _target(match: re.Match) -> tuple[str, int | None, str | None]:
 class RestApi:
     """The REST handlers over one model manager."""
 
-    def __init__(self, manager: ModelManager, executor: Executor):
+    def __init__(
+        self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None,
+        max_body: int = limits.MAX_REST_BODY_BYTES,
+    ):
         self._manager = manager
         self._executor = executor
+        self._admission = admission or limits.Admission()
+        self._max_body = max_body
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=self._max_body)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -68,8 +79,7 @@ class RestApi:
         path = request.path
         try:
             if request.method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
-                body = await request.read()
-                return await self._post(m.group(4).lower(), *_target(m), body)
+                return await self._admitted(request, m)
             if request.method == "GET" and (m := _RUNTIME_PATH.fullmatch(path)):
                 return self._runtime(unquote(m.group(1)))
             if request.method == "GET" and (m := _STATUS_PATH.fullmatch(path)):
@@ -83,6 +93,34 @@ class RestApi:
         except ServingError as e:
             return _error(e)
 
+    async def _admitted(self, request: web.Request, m: re.Match) -> web.Response:
+        """Read and serve one inference request if the server is under its caps."""
+        if request.content_length is not None and request.content_length > self._max_body:
+            return self._too_large(request.content_length)
+        self._admission.enter()
+        try:
+            try:
+                async with asyncio.timeout(limits.REST_BODY_TIMEOUT):
+                    body = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit
+                return self._too_large(None)
+            except TimeoutError:
+                response = _reply(408, rest_codec.error_body(
+                    f"Request body not received within {limits.REST_BODY_TIMEOUT:g} seconds"))
+                response.force_close()
+                return response
+            return await self._post(m.group(4).lower(), *_target(m), body)
+        finally:
+            self._admission.leave()
+
+    def _too_large(self, size: int | None) -> web.Response:
+        given = f"of {size} bytes " if size is not None else ""
+        message = f"Request body {given}exceeds the limit of {self._max_body} bytes"
+        # Close the connection: the unread body is not drained.
+        response = _reply(TOO_LARGE, rest_codec.error_body(message))
+        response.force_close()
+        return response
+
     async def _post(self, method: str, name: str, version: int | None, label: str | None, body: bytes) -> web.Response:
         servable = self._manager.servable(name, version, label)
         work = {"predict": _predict, "classify": _classify, "regress": _regress}[method]
@@ -91,6 +129,8 @@ class RestApi:
             return _reply(200, await loop.run_in_executor(self._executor, work, servable, body))
         except ServingError as e:
             return _error(e)
+        except MemoryError:
+            return _error(limits.resource_exhausted("Out of memory while serving the request"))
         except Exception as e:
             log.exception("request failed", model=name, method=method)
             return _error(internal(f"{type(e).__name__}: {e}"))

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import orjson
 
+from agent.serving import limits
 from agent.serving.errors import invalid_argument
 from agent.serving.servable import Signature, TensorSpec
 from agent.serving.tensors import STRING
@@ -23,7 +24,10 @@ _NUMPY_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def loads(body: bytes) -> dict:
-    """The request's JSON object; INVALID_ARGUMENT for a parse error or a non-object."""
+    """The request's JSON object; INVALID_ARGUMENT for a parse error or a non-object.
+
+    orjson >= 3.9.15 refuses nesting deeper than 1024 while parsing (older versions
+    overflow the C stack); the tensor walks below stop at MAX_TENSOR_RANK."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
@@ -46,7 +50,10 @@ def error_body(message: str) -> bytes:
 
 
 def _short(value: Any, limit: int = 200) -> str:
-    text = orjson.dumps(value, default=str).decode()
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return f"<{type(value).__name__} nested too deeply>"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -68,9 +75,11 @@ def _first_leaf(value: Any) -> Any:
     return value
 
 
-def _strings(value: Any, alias: str) -> Any:
+def _strings(value: Any, alias: str, depth: int = 0) -> Any:
     if isinstance(value, list):
-        return [_strings(v, alias) for v in value]
+        if depth >= limits.MAX_TENSOR_RANK:
+            raise invalid_argument(f"input '{alias}': tensor rank exceeds the limit of {limits.MAX_TENSOR_RANK}")
+        return [_strings(v, alias, depth + 1) for v in value]
     if isinstance(value, str):
         return value.encode()
     if is_b64(value):
@@ -83,6 +92,9 @@ def to_array(value: Any, spec: TensorSpec, alias: str) -> np.ndarray:
 
     Strings and b64 objects become an object array of bytes; for an image input those
     are decoded later, everywhere else a string given for a number is an error."""
+    # The first-element path gives the shape a dense tensor would have: bound it before
+    # numpy materialises anything (ragged lists are refused by numpy below).
+    limits.check_shape(_nested_shape(value), f"input '{alias}': ")
     leaf = _first_leaf(value)
     if spec.dtype == STRING or isinstance(leaf, (str, dict)):
         nested = _strings(value, alias)
@@ -115,7 +127,7 @@ def to_array(value: Any, spec: TensorSpec, alias: str) -> np.ndarray:
 
 def _nested_shape(value: Any) -> tuple[int, ...]:
     shape = []
-    while isinstance(value, list):
+    while isinstance(value, list) and len(shape) <= limits.MAX_TENSOR_RANK:
         shape.append(len(value))
         value = value[0] if value else None
     return tuple(shape)

@@ -15,7 +15,8 @@ from aiohttp import web
 import agent.log
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, parse_models_config
-from agent.serving.grpc_api import CHANNEL_OPTIONS, add_services
+from agent.serving import limits
+from agent.serving.grpc_api import add_services, channel_options
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
 from agent.serving.rest import RestApi
@@ -51,6 +52,8 @@ class ServerOptions:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile_cache_dir: Path | None = None
     batching: BatchingOptions = BatchingOptions()
+    max_request_bytes: int = limits.MAX_REST_BODY_BYTES  # REST body and gRPC message
+    max_concurrent_requests: int = limits.MAX_CONCURRENT_REQUESTS
 
 
 def _address(host: str, port: int) -> str:
@@ -71,6 +74,8 @@ class ModelServer:
         self._inference = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._loading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loading")
         self.manager = ModelManager(self._load, self._loading)
+        # One cap over both APIs: past it a request gets 503 / UNAVAILABLE at once.
+        self._admission = limits.Admission(options.max_concurrent_requests)
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
@@ -100,11 +105,13 @@ class ModelServer:
         o = self.options
         await self._initial_load()
         if o.rest_port:  # 0 disables REST, as in tensorflow_model_server
-            self._runner = web.AppRunner(RestApi(self.manager, self._inference).app(), access_log=None, shutdown_timeout=5)
+            rest = RestApi(self.manager, self._inference, self._admission, o.max_request_bytes)
+            self._runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=5)
             await self._runner.setup()
             await web.TCPSite(self._runner, o.host, o.rest_port, reuse_address=True).start()
-        self._grpc = grpc.aio.server(options=CHANNEL_OPTIONS)
-        add_services(self._grpc, self.manager, self._inference)
+        self._grpc = grpc.aio.server(options=channel_options(o.max_request_bytes),
+                                     maximum_concurrent_rpcs=limits.MAX_GRPC_RPCS)
+        add_services(self._grpc, self.manager, self._inference, self._admission)
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()

@@ -4,10 +4,9 @@ typed field shorter than the shape is padded with its last value."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from agent.serving import limits
 from agent.serving.errors import invalid_argument
 from agent.serving.protos import tensor_pb2, tensor_shape_pb2
 from agent.serving.protos import types_pb2 as t
@@ -90,10 +89,15 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
         raise invalid_argument(f"{where}unsupported tensor dtype {dtype_name(proto.dtype)}")
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"{where}tensor shape must be known")
+    if len(proto.tensor_shape.dim) > limits.MAX_TENSOR_RANK:
+        raise invalid_argument(
+            f"{where}tensor rank {len(proto.tensor_shape.dim)} exceeds the limit of {limits.MAX_TENSOR_RANK}"
+        )
     shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
     if any(s < 0 for s in shape):
         raise invalid_argument(f"{where}negative dimension in tensor shape {list(shape)}")
-    count = math.prod(shape)
+    # Bound the allocation the declared shape asks for before any array is made.
+    count = limits.check_shape(shape, where)
     if proto.tensor_content and proto.dtype != t.DT_STRING:
         if len(proto.tensor_content) != count * dtype.itemsize:
             raise invalid_argument(
@@ -101,7 +105,21 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
                 f"shape {list(shape)} of {dtype_name(proto.dtype)} needs {count * dtype.itemsize}"
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    values = _field_values(proto, dtype)
+    sent = len(getattr(proto, _VALUE_FIELD[proto.dtype]))
+    if proto.dtype in (t.DT_COMPLEX64, t.DT_COMPLEX128):
+        sent //= 2
+    if sent > count:
+        raise invalid_argument(f"{where}{sent} values given for shape {list(shape)}")
+    fill = (count - sent) * (8 if dtype == STRING else dtype.itemsize)
+    if fill > limits.MAX_FILL_BYTES:
+        raise invalid_argument(
+            f"{where}shape {list(shape)} declares {count} values but {sent} were sent; padding them would take "
+            f"{fill} bytes, more than the limit of {limits.MAX_FILL_BYTES}"
+        )
+    try:
+        values = _field_values(proto, dtype)
+    except (OverflowError, ValueError) as e:
+        raise invalid_argument(f"{where}values do not fit {dtype_name(proto.dtype)}: {e}") from None
     if len(values) == count:
         return values.reshape(shape)
     if len(values) > count:

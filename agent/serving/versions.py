@@ -4,8 +4,39 @@ fingerprint of each, so that a version whose files change is loaded again."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import agent.log
+
+log = agent.log.get(__name__)
+
+# TF Serving's version numbers are int64: a version directory is a canonical decimal
+# number (ASCII digits, no leading zero) up to 2**63 - 1. The model store's sync and the
+# server share this rule, so a version the sync installs is one the server can serve.
+MAX_VERSION = (1 << 63) - 1
+_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def parse_version(name: str) -> int | None:
+    """The version a directory name stands for, or None when the rule refuses it."""
+    if not _DIGITS.fullmatch(name):
+        return None
+    value = int(name)
+    return value if value <= MAX_VERSION else None
+
+
+class VersionRule:
+    """The rule with a regex-like `match`, for code that filters names."""
+
+    def match(self, name: str) -> bool:
+        """True when `name` is a valid version directory name."""
+        return parse_version(name) is not None
+
+
+VERSION_RULE = VersionRule()
+_reported: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -39,7 +70,16 @@ def discover(base_path: Path) -> dict[int, VersionDir]:
     except OSError:
         return found
     for entry in entries:
-        if entry.name.isdigit() and entry.is_dir():
-            path = Path(entry.path)
-            found[int(entry.name)] = VersionDir(int(entry.name), path, fingerprint(path))
+        if not entry.is_dir():
+            continue
+        version = parse_version(entry.name)
+        if version is None:
+            # Said once per path, not at every scan.
+            if entry.name[:1].isdigit() and entry.path not in _reported:
+                _reported.add(entry.path)
+                log.warning("version directory ignored", path=entry.path,
+                            reason=f"not a version number from 0 to {MAX_VERSION} without leading zeros")
+            continue
+        path = Path(entry.path)
+        found[version] = VersionDir(version, path, fingerprint(path))
     return found

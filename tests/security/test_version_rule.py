@@ -1,0 +1,21 @@
+"""One version rule (TF Serving's int64) for the model store's sync and the model
+server: what one installs, the other serves; anything else is ignored by both."""
+
+from __future__ import annotations
+
+from agent.modelstore.listing import VERSION_RE
+from agent.serving.versions import MAX_VERSION, discover, parse_version
+
+
+def test_the_rule():
+    assert parse_version("0") == 0 and parse_version("17") == 17
+    assert parse_version(str(MAX_VERSION)) == MAX_VERSION
+    for bad in (str(MAX_VERSION + 1), "9999999999999999999", "01", "1\n", "-1", "+1", "１", "٣", "1.0", "", " 1"):
+        assert parse_version(bad) is None, bad
+        assert not VERSION_RE.match(bad), bad
+
+
+def test_server_ignores_versions_outside_the_rule(tmp_path):
+    for name in ("1", "9999999999999999999", "007", "٣"):
+        (tmp_path / name).mkdir()
+    assert set(discover(tmp_path)) == {1}
