@@ -174,7 +174,9 @@ def test_classify_and_regress_over_rest_and_grpc(node):
 
 
 def test_runtime_and_precision_are_reported(node):
-    status, body = http("GET", f"http://{node.ip}:8080/v1/models/{node.model}/runtime", timeout=30)
+    # /runtime is not TF Serving's API: Envoy's public listeners refuse it, the console
+    # reads it from the model server's own port.
+    status, body = http("GET", f"http://{node.ip}:8501/v1/models/{node.model}/runtime", timeout=30)
     assert status == 200, body
     (version,) = json.loads(body)["versions"]
     assert version["runtime"] == "openvino" and version["precision"] == "fp32"
@@ -203,7 +205,7 @@ def test_a_signature_that_cannot_be_served_says_why_by_name(node):
         pytest.skip("the multi fixture has a string signature")
     status, doc = _post(node, "/v1/models/multi:predict", {"signature_name": "match", "instances": ["abc"]})
     assert status == 400 and '"match" cannot be served: string tensors (text) are not run on OpenVINO' in doc["error"]
-    status, body = http("GET", f"http://{node.ip}:8080/v1/models/multi/runtime", timeout=30)
+    status, body = http("GET", f"http://{node.ip}:8501/v1/models/multi/runtime", timeout=30)
     (version,) = json.loads(body)["versions"]
     assert list(version["signatures_not_served"]) == ["match"]
 
