@@ -144,3 +144,23 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`, failing with FileExistsError when `dst` exists (even as an
+    empty directory, which a plain rename would silently replace)."""
+    res = _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+    if res == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), str(dst))
+    if err not in (errno.EINVAL, errno.ENOSYS):
+        raise OSError(err, f"renameat2 failed: {os.strerror(err)}", str(src), None, str(dst))
+    # A filesystem without RENAME_NOREPLACE: check, then rename (a narrow race, no partial tree).
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)

@@ -21,6 +21,8 @@ log = agent_log.get(__name__)
 
 # TF Serving's version directories: a non-negative integer, written canonically.
 VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+# Put first and deleted last by `models push`: a version holding it is still being uploaded.
+PUSH_MARKER = ".inference-agent-push"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class RemoteModel:
     versions: dict[int, dict[str, RemoteObject]] = field(default_factory=dict)
     # Keys or version prefixes that cannot become local files, with the reason.
     ignored: dict[str, str] = field(default_factory=dict)
+    # Versions a `models push` is still uploading (marker present): when the marker was
+    # written, by the store's clock. Never taken, never retired.
+    uploading: dict[int, float] = field(default_factory=dict)
     objects_listed: int = 0
     # The store's clock when it was listed (its Date header), to judge how fresh objects are.
     server_time: float = 0.0
@@ -120,6 +125,9 @@ async def list_model(client: Any, bucket: str, prefix: str, executor: Executor) 
             key = item["Key"]
             if key.endswith("/"):
                 continue  # a directory marker some upload tools create
+            if key == vprefix + PUSH_MARKER:
+                model.uploading[version] = item["LastModified"].timestamp() if "LastModified" in item else 0.0
+                continue
             rel = safe_relpath(key[len(vprefix):])
             if rel is None:
                 model.ignored[key] = "unsafe file name"
@@ -127,7 +135,9 @@ async def list_model(client: Any, bucket: str, prefix: str, executor: Executor) 
             modified = item["LastModified"].timestamp() if "LastModified" in item else 0.0
             objects[rel] = RemoteObject(key, rel, int(item["Size"]), parse_etag(item.get("ETag", "")), modified)
         conflicts = _conflicts(list(objects))
-        if conflicts:
+        if version in model.uploading:
+            pass  # still uploading: neither a version nor a problem yet
+        elif conflicts:
             model.ignored[vprefix] = f"paths that are both a file and a directory: {', '.join(conflicts[:3])}"
         elif objects:
             model.versions[version] = objects

@@ -38,6 +38,8 @@ from agent.modelstore.manifest import Files, Journal, Manifest
 log = agent_log.get(__name__)
 
 PROGRESS_INTERVAL = 0.2
+# A push whose marker is older than this is taken for abandoned: no more quick re-syncs.
+PUSH_ABANDONED_SECONDS = 3600.0
 # model.name's rule in config_schema.json.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -264,7 +266,7 @@ class _Run:
             await self._run_jobs(jobs)
         await self._retire(remote)
         await self._in_pool(self._cleanup_staging, remote)
-        if not remote.versions:
+        if not remote.versions and not remote.uploading:
             result.error = (
                 f"no versions of model {model!r} in s3://{store.bucket}/{store.model_prefix(model)} "
                 f"at {store.endpoint_url} (a version is a numeric directory)"
@@ -291,6 +293,13 @@ class _Run:
                 self.result.retry_after = max(self.result.retry_after or 0.0, wait)
                 continue
             jobs.append(_Job(v, objects, want, replace=v in live))
+        for v, started in remote.uploading.items():
+            # `models push` is still uploading it: look again soon, unless the push looks
+            # abandoned (its marker then stays until an operator deletes the version).
+            self.result.versions_pending.append(v)
+            if remote.server_time - started < PUSH_ABANDONED_SECONDS:
+                wait = max(1.0, self.options.settle_seconds)
+                self.result.retry_after = max(self.result.retry_after or 0.0, wait)
         if manifest_dirty:
             self.manifest.save(self.mdir.manifest)
         for job in jobs:
@@ -511,7 +520,7 @@ class _Run:
     async def _retire(self, remote: RemoteModel) -> None:
         """Remove live versions the store no longer has, keeping at least one loadable."""
         live = await self._in_pool(self.mdir.live_versions)
-        gone = [v for v in live if v not in remote.versions]
+        gone = [v for v in live if v not in remote.versions and v not in remote.uploading]
         survivors = [v for v in live if v in remote.versions]
         if not survivors and gone:
             keep = max(gone)

@@ -4,6 +4,7 @@ fingerprint of each, so that a version whose files change is loaded again."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,33 @@ def fingerprint(path: Path) -> tuple:
     return tuple(sorted(entries))
 
 
+# A version directory written in place (a hand copy) is loaded once nothing in it has
+# changed for this long.
+QUIET_SECONDS = 2.0
+
+
+def complete(path: Path, now: float | None = None) -> bool:
+    """True when the version directory is not being written: it was renamed into place
+    after its last file was written (as the sync and `models push` do: every entry's
+    ctime is older than the directory's), or nothing in it changed for QUIET_SECONDS.
+    ctime, not mtime: `cp -a` sets old mtimes while it writes, but cannot set ctimes."""
+    try:
+        top = os.stat(path).st_ctime_ns
+    except OSError:
+        return False
+    newest = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_ctime_ns)
+            except OSError:
+                return False  # vanished while we looked: still changing
+    if newest and newest < top:
+        return True
+    now_ns = int((time.time() if now is None else now) * 1e9)
+    return now_ns - max(newest, top) >= QUIET_SECONDS * 1e9
+
+
 def discover(base_path: Path) -> dict[int, VersionDir]:
     """The version directories under base_path (names that are plain numbers); none if absent."""
     found: dict[int, VersionDir] = {}
@@ -41,5 +69,7 @@ def discover(base_path: Path) -> dict[int, VersionDir]:
     for entry in entries:
         if entry.name.isdigit() and entry.is_dir():
             path = Path(entry.path)
+            if not complete(path):
+                continue  # still being copied in: a later scan takes it
             found[int(entry.name)] = VersionDir(int(entry.name), path, fingerprint(path))
     return found
