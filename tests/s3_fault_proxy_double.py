@@ -1,6 +1,6 @@
 """Test double: an HTTP proxy in front of a real S3 endpoint (moto) that breaks chosen
 responses the way networks and overloaded stores do: connection resets, bodies cut
-short, 500 and 503 answers. Everything else is passed through unchanged.
+short, a byte flipped, 500 and 503 answers. Everything else is passed through unchanged.
 
 No real program injects these faults on demand, hence this double; the S3 behind it is real.
 """
@@ -27,7 +27,7 @@ _ERRORS = {
 class Fault:
     """Break the next `times` requests whose method matches and whose path contains `path_contains`."""
 
-    kind: str  # "reset" | "truncate" | "500" | "503"
+    kind: str  # "reset" | "truncate" | "flip" (one byte changed) | "500" | "503"
     method: str = "GET"
     path_contains: str = ""
     times: int = 1
@@ -105,6 +105,10 @@ class FaultProxyDouble:
             return resp
         if fault is None or not body:
             return web.Response(status=status, headers=out_headers, body=body)
+        if fault.kind == "flip":  # the whole body, one byte in the middle changed
+            flipped = bytearray(body)
+            flipped[len(body) // 2] ^= 0xFF
+            return web.Response(status=status, headers=out_headers, body=bytes(flipped))
         # Promise the whole body, send half, then break the connection.
         resp = web.StreamResponse(status=status, headers=out_headers)
         resp.content_length = len(body)

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import botocore.exceptions as bexc
 import urllib3.exceptions
@@ -155,20 +155,6 @@ class Fetcher:
                 return None
             raise
 
-    @staticmethod
-    def spans(size: int, cuts: list[int] | None, streams: int) -> list[Span]:
-        """Cut an object into at most `streams` GETs on part boundaries."""
-        if cuts is None or len(cuts) < 2 or streams < 2:
-            return [Span(0, size, cuts)]
-        groups = min(streams, len(cuts))
-        per = -(-len(cuts) // groups)
-        out, start = [], 0
-        for i in range(0, len(cuts), per):
-            chunk = cuts[i:i + per]
-            out.append(Span(start, start + sum(chunk), chunk))
-            start += sum(chunk)
-        return out
-
     # ---- fetching -------------------------------------------------------
 
     def prepare_file(self, dest: Path, size: int) -> None:
@@ -193,6 +179,49 @@ class Fetcher:
         """
         return self._attempts(obj, lambda: self._get(obj, dest, span, whole_file))
 
+    def fetch_parts(self, obj: RemoteObject, dest: Path, start: int, first: int, cuts: list[int],
+                    on_part: Callable[[int, bytes], None]) -> list[bytes]:
+        """GET the consecutive parts `first`, `first + 1`, ... (sizes `cuts`, the first at
+        byte `start`) into the prepared `dest`. Each part is hashed as it lands and handed
+        to `on_part(index, md5)` once written; a retry resumes at the first part not done."""
+        done: list[bytes] = []
+
+        def landed(digest: bytes) -> None:
+            done.append(digest)
+            on_part(first + len(done) - 1, digest)
+
+        def attempt() -> list[bytes]:
+            offset = start + sum(cuts[: len(done)])
+            rest = cuts[len(done):]
+            if rest:
+                self._get(obj, dest, Span(offset, offset + sum(rest), rest), False, landed)
+            return done
+
+        return self._attempts(obj, attempt)
+
+    @staticmethod
+    def part_spans(cuts: list[int], missing: list[int], streams: int) -> list[tuple[int, int, list[int]]]:
+        """(byte offset, first part index, part sizes) of at most `streams` GETs covering
+        the `missing` parts (ascending indexes), each a run of consecutive parts."""
+        offsets = [0]
+        for c in cuts:
+            offsets.append(offsets[-1] + c)
+        runs: list[list[int]] = []
+        for i in missing:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        # Split the longest runs until every stream has one (a part is never split).
+        while len(runs) < streams:
+            longest = max(range(len(runs)), key=lambda k: len(runs[k]), default=None)
+            if longest is None or len(runs[longest]) < 2:
+                break
+            run = runs.pop(longest)
+            half = len(run) // 2
+            runs[longest:longest] = [run[:half], run[half:]]
+        return [(offsets[run[0]], run[0], [cuts[i] for i in run]) for run in runs]
+
     def _attempts(self, obj: RemoteObject, call: Any) -> Any:
         attempts = max(1, self.options.object_attempts)
         for attempt in range(1, attempts + 1):
@@ -211,7 +240,9 @@ class Fetcher:
                 raise FetchError(f"{obj.key}: cannot write {dest_hint(e)}: {e.strerror or e}") from e
         raise AssertionError("unreachable")
 
-    def _get(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool) -> list[bytes]:
+    def _get(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool,
+             landed: Callable[[bytes], None] | None = None) -> list[bytes]:
+        """One GET of `span`; `landed(md5)` is called for each part once its bytes are written."""
         length = span.end - span.start
         headers = {}
         if obj.etag.raw:
@@ -223,7 +254,7 @@ class Fetcher:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         else:
             fd = os.open(dest, os.O_WRONLY)
-        received = 0
+        received = kept = reported = 0
         try:
             if length == 0:
                 hasher = PartHasher(span.cuts or [0])
@@ -249,6 +280,11 @@ class Fetcher:
                         offset += n
                         received += n
                         self.counters.add_bytes(n)
+                        if landed is not None and hasher is not None and len(hasher.digests) > reported:
+                            for digest in hasher.digests[reported:]:
+                                kept += span.cuts[reported]  # type: ignore[index]
+                                reported += 1
+                                landed(digest)
                         if offset - written_back >= _WRITEBACK_STEP:
                             start_writeback(fd, written_back, offset - written_back)
                             written_back = offset
@@ -258,13 +294,16 @@ class Fetcher:
                 body.release_conn()
                 start_writeback(fd, written_back, offset - written_back)
             digests = hasher.finish() if hasher is not None else []
+            if landed is not None:
+                for digest in digests[reported:]:
+                    landed(digest)
             if whole_file and obj.etag.verifiable and not obj.etag.multipart and hasher is not None:
                 if digests[0].hex() != obj.etag.digest:
                     raise VerifyError(f"MD5 {digests[0].hex()} does not match ETag {obj.etag.raw}")
             return digests
         except BaseException:
-            if received:
-                self.counters.add_bytes(-received)  # those bytes will come again
+            if received > kept:
+                self.counters.add_bytes(kept - received)  # those bytes will come again
             raise
         finally:
             os.close(fd)

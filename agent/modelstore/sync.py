@@ -33,7 +33,7 @@ from agent.modelstore.download import Cancelled, Counters, Fetcher, FetchError, 
 from agent.files import fsync_dir
 from agent.modelstore.layout import ModelDir, boot_id, flush_filesystem, publish, retire
 from agent.modelstore.listing import RemoteModel, RemoteObject, list_model
-from agent.modelstore.manifest import Files, Journal, Manifest
+from agent.modelstore.manifest import Files, Journal, Manifest, Parts
 
 log = agent_log.get(__name__)
 
@@ -103,6 +103,8 @@ class _Job:
     replace: bool
     journal: Journal | None = None
     fetch: list[RemoteObject] = field(default_factory=list)
+    # Parts of large objects already in staging (rel -> part index -> MD5): resumed there.
+    parts: dict[str, dict[int, bytes]] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -331,24 +333,30 @@ class _Run:
         """Prepare the staging directory of `job`, keeping every file already verified."""
         staging, jpath = self.mdir.staging(job.version), self.mdir.journal(job.version)
         keep: Files = {}
+        parts: Parts = {}
         found = Journal.read(jpath, self.boot)
         inode = _inode(staging)
         if found and inode is not None and found[0] == inode:
             for rel, entry in found[1].items():
                 if job.want.get(rel) == entry and _size(staging / rel) == entry[0]:
                     keep[rel] = entry
+            for rel, (etag, done) in Journal.read_parts(jpath).items():
+                want = job.want.get(rel)
+                if rel not in keep and want is not None and want[1] == etag and _size(staging / rel) == want[0]:
+                    parts[rel] = (etag, done)
         else:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             inode = staging.stat().st_ino
-        _prune(staging, set(keep))
+        _prune(staging, set(keep) | set(parts))
+        job.parts = {rel: done for rel, (_etag, done) in parts.items()}
         reused = sum(size for size, _ in keep.values())
         if job.replace:
             reused += self._link_unchanged(job, keep)
         self.reused_bytes += reused
         self.counters.add_bytes(reused)
         self.result.bytes_reused += reused
-        job.journal = Journal(jpath, inode, self.boot, keep)
+        job.journal = Journal(jpath, inode, self.boot, keep, parts)
         job.fetch = [o for rel, o in job.objects.items() if rel not in keep]
         self.counters.files_total += len(job.objects)
         self.counters.files_done += len(keep)
@@ -481,23 +489,48 @@ class _Run:
         self.counters.add_file(fetched=True)
 
     async def _fetch_ranged(self, job: _Job, obj: RemoteObject, cuts: list[int] | None, streams: int) -> None:
-        """Fetch a multipart object as spans on its part boundaries, then verify it."""
+        """Fetch a multipart object as spans on its part boundaries, each part hashed as it
+        lands and journalled once written (so a later sync resumes at the part level),
+        then verify the whole against its ETag."""
         fetcher = self.fetcher
         assert fetcher is not None and job.journal is not None
+        journal = job.journal
         dest = self.mdir.staging(job.version) / obj.rel
         try:
-            spans = Fetcher.spans(obj.size, cuts, streams)
-            if len(spans) == 1:
-                digests = await self._in_pool(fetcher.fetch_span, obj, dest, spans[0], True)
+            if cuts is None or len(cuts) < 2:
+                digests = await self._in_pool(fetcher.fetch_span, obj, dest, Span(0, obj.size, cuts), True)
             else:
-                await self._in_pool(fetcher.prepare_file, dest, obj.size)
-                parts = await asyncio.gather(*(self._in_pool(fetcher.fetch_span, obj, dest, s, False) for s in spans))
-                digests = [d for p in parts for d in p]
-            await self._in_pool(fetcher.finish_multipart, obj, dest, digests if cuts else None)
+                resumed = {i: d for i, d in job.parts.get(obj.rel, {}).items() if i < len(cuts)}
+                if resumed:
+                    reused = sum(cuts[i] for i in resumed)
+                    self.reused_bytes += reused
+                    self.counters.add_bytes(reused)
+                    self.result.bytes_reused += reused
+                else:
+                    await self._in_pool(fetcher.prepare_file, dest, obj.size)
+                missing = [i for i in range(len(cuts)) if i not in resumed]
+                found = dict(resumed)
+
+                def landed(index: int, digest: bytes) -> None:
+                    found[index] = digest
+                    journal.add_part(obj.rel, obj.etag.raw, index, digest)
+
+                await asyncio.gather(*(
+                    self._in_pool(fetcher.fetch_parts, obj, dest, start, first, run, landed)
+                    for start, first, run in Fetcher.part_spans(cuts, missing, streams)
+                ))
+                digests = [found[i] for i in range(len(cuts))]
+            try:
+                await self._in_pool(fetcher.finish_multipart, obj, dest, digests if cuts else None)
+            except FetchError:
+                # Some part is wrong, and which one cannot be told: start this file afresh.
+                journal.drop_parts(obj.rel)
+                dest.unlink(missing_ok=True)
+                raise
         except FetchError as e:
             self._note_unreachable(e)
             raise
-        job.journal.add(obj.rel, obj.size, obj.etag.raw)
+        journal.add(obj.rel, obj.size, obj.etag.raw)
         self.counters.add_file(fetched=True)
 
     def _publish(self, job: _Job) -> None:
