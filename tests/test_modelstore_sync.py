@@ -290,3 +290,25 @@ async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetche
     assert sorted(r for m, p, r in proxy.log if m == "GET" and "model.onnx" in p) == [
         f"bytes=0-{2 * part - 1}", f"bytes={2 * part}-{4 * part - 1}"]
     assert (tmp_path / "mnist" / "1" / "model.onnx").read_bytes() == data
+
+
+@pytest.mark.parametrize("kind,endpoint", [("ois", "http://127.0.0.1:9"), ("minio", "http://10.1.2.3:9000"),
+                                           ("ois", "https://s3.pek3b.example.com:443")])
+def test_presigned_urls_are_the_ones_botocore_signs(kind, endpoint, monkeypatch):
+    import calendar
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    from agent.modelstore import presign
+    from agent.modelstore.client import make_client
+
+    store = StoreConfig(kind, endpoint, "pek3b", "AKIAEXAMPLE", "secret/key+x", "models", "repo")
+    client = make_client(store, TEST_OPTIONS)
+    signer = presign.Presigner(client, "models")
+    for key in ("repo/mnist/1/saved_model.pb", "repo/mnist/1/assets/vocab 词表.txt", "repo/a~b!'()*;:@&=$,?#[]+%.bin"):
+        reference = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": key},
+                                                  ExpiresIn=presign.EXPIRES)
+        stamp = parse_qs(urlsplit(reference).query)["X-Amz-Date"][0]
+        monkeypatch.setattr(presign, "_now", lambda: calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")))
+        signer._stamped_at = 0.0  # sign afresh at the reference's instant
+        assert signer.url(key) == reference

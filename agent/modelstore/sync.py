@@ -253,7 +253,6 @@ class _Run:
         if self.progress is not None:
             self._ticker = asyncio.create_task(self._tick())
         client = await self._in_pool(client_for, store, self.options)
-        self.fetcher = Fetcher(client, store.bucket, self.options, self.stop, self.counters)
         try:
             remote = await list_model(client, store.bucket, store.model_prefix(model), self.pool)
         except Exception as e:
@@ -265,6 +264,7 @@ class _Run:
         jobs = await self._in_pool(self._plan, remote, live)
         if jobs:
             self._phase = "downloading"
+            self.fetcher = await self._in_pool(Fetcher, client, store.bucket, self.options, self.stop, self.counters)
             await self._run_jobs(jobs)
         await self._retire(remote)
         await self._in_pool(self._cleanup_staging, remote)
