@@ -294,21 +294,29 @@ async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetche
 
 @pytest.mark.parametrize("kind,endpoint", [("ois", "http://127.0.0.1:9"), ("minio", "http://10.1.2.3:9000"),
                                            ("ois", "https://s3.pek3b.example.com:443")])
-def test_presigned_urls_are_the_ones_botocore_signs(kind, endpoint, monkeypatch):
+def test_requests_are_signed_as_botocore_signs_them(kind, endpoint, monkeypatch):
     import calendar
     import time
-    from urllib.parse import parse_qs, urlsplit
 
-    from agent.modelstore import presign
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from agent.modelstore import signing
     from agent.modelstore.client import make_client
 
     store = StoreConfig(kind, endpoint, "pek3b", "AKIAEXAMPLE", "secret/key+x", "models", "repo")
-    client = make_client(store, TEST_OPTIONS)
-    signer = presign.Presigner(client, "models")
-    for key in ("repo/mnist/1/saved_model.pb", "repo/mnist/1/assets/vocab 词表.txt", "repo/a~b!'()*;:@&=$,?#[]+%.bin"):
-        reference = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": key},
-                                                  ExpiresIn=presign.EXPIRES)
-        stamp = parse_qs(urlsplit(reference).query)["X-Amz-Date"][0]
-        monkeypatch.setattr(presign, "_now", lambda: calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")))
-        signer._stamped_at = 0.0  # sign afresh at the reference's instant
-        assert signer.url(key) == reference
+    signer = signing.Signer(make_client(store, TEST_OPTIONS), "models")
+    for key, params in (("repo/mnist/1/saved_model.pb", None),
+                        ("repo/mnist/1/assets/vocab 词表.txt", None),
+                        ("repo/a~b!'()*;:@&=$,?#[]+%.bin", None),
+                        ("", {"list-type": "2", "prefix": "repo/a b+c/", "delimiter": "/", "encoding-type": "url",
+                              "continuation-token": "x/y+z=="})):
+        url, headers = signer.sign(key, params)
+        reference = AWSRequest(method="GET", url=url, headers={"x-amz-content-sha256": signing.EMPTY_SHA256})
+        S3SigV4Auth(Credentials("AKIAEXAMPLE", "secret/key+x"), "s3", "pek3b").add_auth(reference)
+        stamp = reference.headers["X-Amz-Date"]
+        monkeypatch.setattr(signing, "_now", lambda: calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")))
+        url, headers = signer.sign(key, params)  # at the reference's instant
+        assert headers["Authorization"] == reference.headers["Authorization"]
+        assert headers["x-amz-date"] == stamp

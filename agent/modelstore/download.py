@@ -20,14 +20,13 @@ from typing import Any, Callable
 
 import botocore.exceptions as bexc
 import urllib3.exceptions
-from botocore.awsrequest import AWSRequest
 
 from agent.modelstore.client import error_code, is_final
 from agent.modelstore.config import SyncOptions
 from agent.modelstore.etag import PartHasher, combine_part_digests, md5_file_parts, uniform_cuts
 from agent.modelstore.layout import start_writeback
 from agent.modelstore.listing import RemoteObject
-from agent.modelstore.presign import Presigner
+from agent.modelstore.signing import client_error, send_get
 
 # Dirty bytes handed to the disk while a file still streams in.
 _WRITEBACK_STEP = 8 << 20
@@ -115,8 +114,6 @@ class Fetcher:
         self.options = options
         self.stop = stop
         self.counters = counters
-        self._http = client._endpoint.http_session  # the client's pool, timeouts and TLS settings
-        self._presigner = Presigner(client, bucket)
 
     # ---- planning -------------------------------------------------------
 
@@ -313,30 +310,21 @@ class Fetcher:
     def _open(self, key: str, headers: dict[str, str]) -> tuple[Any, Any]:
         """Send a GET; returns (lower-case headers, streaming urllib3 body) of a 200/206.
 
-        The request is a presigned URL (the client's endpoint, addressing style and
-        credentials; see presign.py) sent through the client's own connection pool: the
-        same request get_object would make, at a fraction of the CPU, which decides
+        The request is signed like the client's own (its endpoint, addressing style and
+        credentials; see signing.py) and sent through its connection pool: the same
+        request get_object would make, at a fraction of the CPU, which decides
         small-file throughput.
         """
-        url = self._presigner.url(key)
-        request = AWSRequest(method="GET", url=url, headers=headers).prepare()
-        request.stream_output = True
-        response = self._http.send(request)
-        status = response.status_code
-        raw = response.raw
+        status, resp_headers, raw = send_get(self.client, self.bucket, key, headers=headers)
         if status in (200, 206):
-            return {k.lower(): v for k, v in response.headers.items()}, raw
+            return resp_headers, raw
         try:
             body = raw.read(64 << 10) if status not in (304,) else b""
         finally:
             raw.close()
-        code, message = _error_fields(body)
         if status in (304, 412):
-            code = "PreconditionFailed"
-        raise bexc.ClientError(
-            {"Error": {"Code": code or str(status), "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
-            "GetObject",
-        )
+            raise client_error(status, b"<Code>PreconditionFailed</Code>", "GetObject")
+        raise client_error(status, body, "GetObject")
 
     def finish_multipart(self, obj: RemoteObject, dest: Path, digests: list[bytes] | None) -> None:
         """Check a multipart object assembled from spans against its ETag.
@@ -389,14 +377,6 @@ def _encrypted(headers: dict[str, str]) -> bool:
         headers.get("x-amz-server-side-encryption") == "aws:kms"
         or bool(headers.get("x-amz-server-side-encryption-customer-algorithm"))
     )
-
-
-def _error_fields(body: bytes) -> tuple[str, str]:
-    """(Code, Message) of an S3 XML error body, empty when absent."""
-    text = body.decode("utf-8", "replace")
-    code = re.search(r"<Code>([^<]*)</Code>", text)
-    message = re.search(r"<Message>([^<]*)</Message>", text)
-    return (code.group(1) if code else "", message.group(1) if message else "")
 
 
 def _short(e: BaseException) -> str:

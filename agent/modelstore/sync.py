@@ -254,7 +254,8 @@ class _Run:
             self._ticker = asyncio.create_task(self._tick())
         client = await self._in_pool(client_for, store, self.options)
         try:
-            remote = await list_model(client, store.bucket, store.model_prefix(model), self.pool)
+            remote = await list_model(client, store.bucket, store.model_prefix(model), self.pool,
+                                      self.options.request_attempts)
         except Exception as e:
             raise StoreError(describe(e, store, f"cannot list s3://{store.bucket}/{store.model_prefix(model)}")) from e
         result.objects_listed = remote.objects_listed
