@@ -5,6 +5,7 @@
     <models>/<name>/.staging/<v>.journal   files of that staging dir already verified
     <models>/<name>/.manifest.json     key, size and ETag of every live file (0600)
     <models>/<name>/.lock              held while a sync runs
+    <models>/<name>/.push-<v>-<id>/    a version `models push` is copying in (s3.type none)
 
 Everything the sync owns starts with a dot, so a server scanning numeric names never sees it.
 """
