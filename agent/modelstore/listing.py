@@ -86,6 +86,7 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # A page holds at most 1,000 keys of at most 1 KiB (3 KiB URL-encoded): a bigger answer
 # is not a listing, and is not read further.
 MAX_PAGE_BYTES = 16 << 20
+MAX_PAGES = 1000
 _RETRY_STATUS = {500, 502, 503, 504, 429}
 _RETRYABLE = (bexc.HTTPClientError, bexc.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException,
               ConnectionError, TimeoutError)
@@ -116,6 +117,8 @@ def _pages(client: Any, bucket: str, prefix: str, delimiter: str, attempts: int)
         pages.append(page)
         if not page.next_token:
             return pages
+        if len(pages) >= MAX_PAGES:
+            raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
         token = page.next_token
 
 
@@ -182,6 +185,8 @@ def _version_dirs(client: Any, bucket: str, prefix: str, attempts: int) -> tuple
     for page in _pages(client, bucket, prefix, "/", attempts):
         loose += len(page.objects)
         for cp in page.prefixes:
+            if not cp.startswith(prefix):
+                continue  # not under the model: a store answering what was not asked
             name = cp[len(prefix):].rstrip("/")
             (versions if VERSION_RE.match(name) else others).append(cp)
     return versions, loose, others
