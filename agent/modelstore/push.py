@@ -32,7 +32,7 @@ from typing import Any, Callable
 from agent import log as agent_log
 from agent.modelstore.config import StoreConfig, SyncOptions
 from agent.modelstore.etag import PartHasher, combine_part_digests, parse_etag, uniform_cuts
-from agent.modelstore.layout import flush_filesystem, rename_noreplace
+from agent.modelstore.layout import flush_filesystem, fsync_dir, rename_noreplace
 from agent.modelstore.listing import PUSH_MARKER, VERSION_RE
 
 log = agent_log.get(__name__)
@@ -277,11 +277,7 @@ def _push_root_blocking(models_root: Path, files: list[tuple[str, Path, int]], n
             rename_noreplace(staging, target)
         except FileExistsError:
             raise PushError(f"version {version} of {name!r} appeared in {model_dir} during the push") from None
-        fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

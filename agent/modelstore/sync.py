@@ -30,8 +30,7 @@ from agent import log as agent_log
 from agent.modelstore.client import StoreError, client_for, describe, scrub
 from agent.modelstore.config import StoreConfig, SyncOptions
 from agent.modelstore.download import Cancelled, Counters, Fetcher, FetchError, Span
-from agent.files import fsync_dir
-from agent.modelstore.layout import ModelDir, boot_id, flush_filesystem, publish, retire
+from agent.modelstore.layout import ModelDir, boot_id, flush_filesystem, fsync_dir, publish, retire
 from agent.modelstore.listing import RemoteModel, RemoteObject, list_model
 from agent.modelstore.manifest import Files, Journal, Manifest, Parts
 
