@@ -221,3 +221,23 @@ def test_a_version_copied_in_by_hand_is_loaded_only_once_quiet(tmp_path):
     time.sleep(0.05)  # ctimes tick with the kernel's coarse clock
     os.rename(staged, model / "2")
     assert set(version_dirs.discover(model)) == {2}
+
+
+def test_a_complete_version_rewritten_in_place_keeps_its_last_complete_state(tmp_path):
+    model = tmp_path / "mnist"
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "model.onnx").write_bytes(b"complete")
+    time.sleep(0.05)
+    model.mkdir()
+    os.rename(staged, model / "1")
+    before = version_dirs.discover(model)[1]
+    (model / "1" / "model.onnx").write_bytes(b"being rewri")  # a hand edit of a served version
+    assert version_dirs.discover(model)[1] == before  # not unloaded, not reloaded half-written
+    # A directory deleted (a scan sees it gone) and copied in again is new: not served
+    # until complete.
+    shutil.rmtree(model / "1")
+    assert version_dirs.discover(model) == {}
+    (model / "1").mkdir()
+    (model / "1" / "model.onnx").write_bytes(b"partial")
+    assert version_dirs.discover(model) == {}

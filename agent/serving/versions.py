@@ -35,6 +35,8 @@ def fingerprint(path: Path) -> tuple:
 # A version directory written in place (a hand copy) is loaded once nothing in it has
 # changed for this long.
 QUIET_SECONDS = 2.0
+# The last complete state of every version directory present, by path.
+_complete_seen: dict[str, VersionDir] = {}
 
 
 def complete(path: Path, now: float | None = None) -> bool:
@@ -70,6 +72,13 @@ def discover(base_path: Path) -> dict[int, VersionDir]:
         if entry.name.isdigit() and entry.is_dir():
             path = Path(entry.path)
             if not complete(path):
-                continue  # still being copied in: a later scan takes it
-            found[int(entry.name)] = VersionDir(int(entry.name), path, fingerprint(path))
+                # Still being written: a later scan takes it. A directory rewritten in
+                # place keeps its last complete state meanwhile: what is loaded stays.
+                if entry.path in _complete_seen:
+                    found[int(entry.name)] = _complete_seen[entry.path]
+                continue
+            found[int(entry.name)] = _complete_seen[entry.path] = VersionDir(int(entry.name), path, fingerprint(path))
+    present = {entry.path for entry in entries}
+    for gone in [p for p in _complete_seen if os.path.dirname(p) == os.fspath(base_path) and p not in present]:
+        del _complete_seen[gone]  # removed: a directory copied in again later is new
     return found
