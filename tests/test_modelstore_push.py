@@ -4,6 +4,7 @@ before it is complete. The cluster-level test is in test_modelstore_push_cluster
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -241,3 +242,20 @@ def test_a_complete_version_rewritten_in_place_keeps_its_last_complete_state(tmp
     (model / "1").mkdir()
     (model / "1" / "model.onnx").write_bytes(b"partial")
     assert version_dirs.discover(model) == {}
+
+
+async def test_a_push_whose_upload_is_corrupted_fails_and_leaves_nothing(s3, tmp_path):
+    from s3_fault_proxy_double import FaultProxyDouble
+
+    client, bucket, store = s3
+    src = _write(tmp_path / "src", savedmodel_files(9))
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        via_proxy = dataclasses.replace(store, endpoint_url=proxy.endpoint)
+        # The store answers every listing with one that says the upload holds other bytes.
+        proxy.inject("replace", path_contains=f"/{bucket}", times=1000, body=(
+            '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            '<IsTruncated>false</IsTruncated><Contents><Key>repo/mnist/1/saved_model.pb</Key><Size>3000</Size>'
+            '<ETag>"00000000000000000000000000000000"</ETag></Contents></ListBucketResult>').encode())
+        with pytest.raises(PushError, match="not in the store|does not match"):
+            await push_to_store(via_proxy, src, "mnist", 1, options=TEST_OPTIONS)
+    assert _keys(client, bucket, PREFIX) == []

@@ -191,10 +191,14 @@ def _push_blocking(store: StoreConfig, files: list[tuple[str, Path, int]], name:
                                Callback=lambda n: tracker.add(n))
             tracker.add(files=1)
 
-        for _ in pool.map(upload, files):
-            pass
-        tracker.add(force=True)
-        _verify_store(client, store.bucket, vprefix, files, pool)
+        try:
+            for _ in pool.map(upload, files):
+                pass
+            tracker.add(force=True)
+            _verify_store(client, store.bucket, vprefix, files, pool)
+        except BaseException:
+            _discard(client, store.bucket, vprefix, files)
+            raise
         # The commit: from here on the version is complete and every node may take it.
         client.delete_object(Bucket=store.bucket, Key=vprefix + PUSH_MARKER)
     except (bexc.ClientError, bexc.BotoCoreError, S3UploadFailedError) as e:
@@ -203,6 +207,16 @@ def _push_blocking(store: StoreConfig, files: list[tuple[str, Path, int]], name:
                         sum(size for _, _, size in files), time.monotonic() - started)
     log.info("model_push.done", **result.to_dict())
     return result
+
+
+def _discard(client: Any, bucket: str, vprefix: str, files: list[tuple[str, Path, int]]) -> None:
+    """Best effort after a failed push: delete what it uploaded, the marker last (if this
+    fails too, the marker stays and no node takes the version)."""
+    try:
+        for key in [vprefix + rel for rel, _, _ in files] + [vprefix + PUSH_MARKER]:
+            client.delete_object(Bucket=bucket, Key=key)  # absent keys are no error
+    except Exception:
+        log.warning("model_push.cleanup_failed", prefix=vprefix, exc_info=True)
 
 
 def _store_versions(client: Any, bucket: str, prefix: str) -> set[int]:
