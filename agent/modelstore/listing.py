@@ -1,7 +1,8 @@
 """What a model looks like in the store: its numeric versions and their objects.
 
-One listing pass: a delimited listing of the model's prefix finds the version
-directories, then each version's keys are listed (pages in parallel across versions).
+One listing of the model's prefix, page after page: a model of fewer than 1,000 files
+costs one request, and no more requests are made than the keys need (a listing per
+version would add one per version, and a delimited listing one more).
 """
 
 from __future__ import annotations
@@ -179,24 +180,11 @@ def _timestamp(value: str) -> float:
         return 0.0
 
 
-def _version_dirs(client: Any, bucket: str, prefix: str, attempts: int) -> tuple[list[str], int, list[str]]:
-    """(version prefixes, objects seen directly under prefix, other directory prefixes)."""
-    versions, others, loose = [], [], 0
-    for page in _pages(client, bucket, prefix, "/", attempts):
-        loose += len(page.objects)
-        for cp in page.prefixes:
-            if not cp.startswith(prefix):
-                continue  # not under the model: a store answering what was not asked
-            name = cp[len(prefix):].rstrip("/")
-            (versions if VERSION_RE.match(name) else others).append(cp)
-    return versions, loose, others
-
-
-def _version_objects(client: Any, bucket: str, vprefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
-    """Every object under `vprefix`, and the store's clock at the last page."""
+def _model_objects(client: Any, bucket: str, prefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
+    """Every object under `prefix`, and the store's clock at the last page."""
     out: list[tuple[str, int, str, float]] = []
     now = 0.0
-    for page in _pages(client, bucket, vprefix, "", attempts):
+    for page in _pages(client, bucket, prefix, "", attempts):
         out.extend(page.objects)
         now = max(now, page.date)
     return out, now
@@ -212,19 +200,24 @@ def _date(date: str | None) -> float:
 async def list_model(client: Any, bucket: str, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
     """List the versions of the model stored under `prefix` (which ends in '/')."""
     loop = asyncio.get_running_loop()
-    vprefixes, loose, others = await loop.run_in_executor(executor, _version_dirs, client, bucket, prefix, attempts)
-    model = RemoteModel(objects_listed=loose)
-    for other in others:
-        model.ignored[other] = "not a numeric version directory"
-    listings = await asyncio.gather(
-        *(loop.run_in_executor(executor, _version_objects, client, bucket, vp, attempts) for vp in vprefixes)
-    )
-    for vprefix, (contents, now) in zip(vprefixes, listings):
-        model.objects_listed += len(contents)
-        model.server_time = max(model.server_time, now)
+    contents, now = await loop.run_in_executor(executor, _model_objects, client, bucket, prefix, attempts)
+    model = RemoteModel(objects_listed=len(contents), server_time=now)
+    by_version: dict[str, list[tuple[str, int, str, float]]] = {}
+    for item in contents:
+        key = item[0]
+        if not key.startswith(prefix):
+            continue  # not under the model: a store answering what was not asked
+        name, slash, _rest = key[len(prefix):].partition("/")
+        if not slash:
+            continue  # a loose object next to the versions
+        if VERSION_RE.match(name):
+            by_version.setdefault(f"{prefix}{name}/", []).append(item)
+        else:
+            model.ignored.setdefault(f"{prefix}{name}/", "not a numeric version directory")
+    for vprefix, items in by_version.items():
         version = int(vprefix[len(prefix):].rstrip("/"))
         objects: dict[str, RemoteObject] = {}
-        for key, size, etag, modified in contents:
+        for key, size, etag, modified in items:
             if key.endswith("/"):
                 continue  # a directory marker some upload tools create
             if key == vprefix + PUSH_MARKER:
