@@ -1,6 +1,6 @@
 """Test double: an HTTP proxy in front of a real S3 endpoint (moto) that breaks chosen
 responses the way networks and overloaded stores do: connection resets, bodies cut
-short, 500 and 503 answers. Everything else is passed through unchanged.
+short, a byte flipped, 500 and 503 answers. Everything else is passed through unchanged.
 
 No real program injects these faults on demand, hence this double; the S3 behind it is real.
 """
@@ -27,11 +27,12 @@ _ERRORS = {
 class Fault:
     """Break the next `times` requests whose method matches and whose path contains `path_contains`."""
 
-    kind: str  # "reset" | "truncate" | "500" | "503"
+    kind: str  # "reset" | "truncate" | "flip" (one byte changed) | "replace" (200 with `body`) | "500" | "503"
     method: str = "GET"
     path_contains: str = ""
     times: int = 1
     fired: int = 0
+    body: bytes = b""
 
 
 class FaultProxyDouble:
@@ -51,9 +52,10 @@ class FaultProxyDouble:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def inject(self, kind: str, *, method: str = "GET", path_contains: str = "", times: int = 1) -> Fault:
+    def inject(self, kind: str, *, method: str = "GET", path_contains: str = "", times: int = 1,
+               body: bytes = b"") -> Fault:
         """Queue a fault; returns it so a test can check `fired`."""
-        fault = Fault(kind, method, path_contains, times)
+        fault = Fault(kind, method, path_contains, times, body=body)
         self.faults.append(fault)
         return fault
 
@@ -85,6 +87,8 @@ class FaultProxyDouble:
         self.requests += 1
         self.log.append((request.method, request.path_qs, request.headers.get("Range", "")))
         fault = self._take_fault(request)
+        if fault and fault.kind == "replace":
+            return web.Response(status=200, body=fault.body, content_type="application/xml")
         if fault and fault.kind in ("500", "503"):
             code, message = _ERRORS[int(fault.kind)]
             body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
@@ -105,6 +109,10 @@ class FaultProxyDouble:
             return resp
         if fault is None or not body:
             return web.Response(status=status, headers=out_headers, body=body)
+        if fault.kind == "flip":  # the whole body, one byte in the middle changed
+            flipped = bytearray(body)
+            flipped[len(body) // 2] ^= 0xFF
+            return web.Response(status=status, headers=out_headers, body=bytes(flipped))
         # Promise the whole body, send half, then break the connection.
         resp = web.StreamResponse(status=status, headers=out_headers)
         resp.content_length = len(body)

@@ -180,3 +180,32 @@ async def test_missing_bucket_and_dead_endpoint_are_named(moto_server, tmp_path)
     dead = StoreConfig("ois", "http://127.0.0.1:9", "us-east-1", ACCESS_KEY, SECRET_KEY, "models", "")
     result = await sync_model(dead, "mnist", tmp_path, options=TEST_OPTIONS)
     assert "cannot connect to http://127.0.0.1:9" in result.error and "'models'" in result.error
+
+
+_LISTING = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            '<EncodingType>url</EncodingType><IsTruncated>{truncated}</IsTruncated>{token}{items}</ListBucketResult>')
+
+
+@pytest.mark.parametrize("answer,expected", [
+    (b"<ListBucketResult><unclosed>", "ParseError"),
+    (b"<" + b"x" * (17 << 20) + b"/>", "listing page of more than 16 MiB"),
+    (_LISTING.format(truncated="true", token="", items="").encode(), "without a continuation token"),
+    (_LISTING.format(truncated="true", token="<NextContinuationToken>again</NextContinuationToken>",
+                     items="").encode(), "not a model"),
+    (_LISTING.format(truncated="false", token="", items="<Contents><Key>repo/mnist/1/a</Key><Size>lots</Size>"
+                     "</Contents>").encode(), "invalid literal"),
+])
+async def test_hostile_listings_fail_the_sync_with_a_named_error_and_change_nothing(s3, tmp_path, answer, expected,
+                                                                                     monkeypatch):
+    from agent.modelstore import listing
+
+    monkeypatch.setattr(listing, "MAX_PAGES", 5)  # a store that never stops paging
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, savedmodel_files(1))
+    assert (await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)).versions_added == [1]
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        proxy.inject("replace", path_contains=f"/{bucket}", times=1000, body=answer)
+        result = await sync_model(_via(proxy, store), "mnist", tmp_path, options=TEST_OPTIONS)
+    assert result.error and "cannot list" in result.error and expected in result.error
+    assert numeric_versions(tmp_path / "mnist") == [1]
+    assert read_tree(tmp_path / "mnist" / "1") == savedmodel_files(1)

@@ -65,9 +65,9 @@ async def test_noop_sync_is_listing_only(s3, tmp_path):
     assert result.error is None
     assert result.versions_kept == [1, 2] and not result.changed
     assert result.bytes_downloaded == 0 and result.files_downloaded == 0
-    # One delimited listing of the model, one listing per version: no GET or HEAD of an object.
+    # One listing of the model (it has fewer than 1,000 files): no GET or HEAD of an object.
     assert all("list-type=2" in path for _method, path, _range in proxy.log), proxy.log
-    assert len(proxy.log) == 3
+    assert len(proxy.log) == 1
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
 
@@ -240,3 +240,83 @@ async def test_object_replaced_between_listing_and_download_is_not_taken(s3, tmp
     with pytest.raises(FetchError) as failure:
         fetcher.fetch_span(obj, tmp_path / "model.onnx", Span(0, 300, [300]), True)
     assert failure.value.final and "PreconditionFailed" in str(failure.value)
+
+
+async def test_large_object_is_verified_part_by_part_and_resumes_at_the_part_level(s3, tmp_path):
+    client, bucket, store = s3
+    part = 5 * MiB
+    data = random_bytes(6 * part, 7)
+    upload_version(client, bucket, PREFIX, 1, {"model.onnx": data}, part_size=part)
+    one_stream = dataclasses.replace(TEST_OPTIONS, multipart_streams=1, object_attempts=3)
+    journal = tmp_path / "mnist" / ".staging" / "1.journal"
+
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        via_proxy = dataclasses.replace(store, endpoint_url=proxy.endpoint)
+        # Every body is cut off half-way: each attempt keeps the whole parts it received,
+        # and the next one asks only for the parts still missing.
+        proxy.inject("truncate", path_contains="model.onnx", times=100)
+        failed = await sync_model(via_proxy, "mnist", tmp_path, options=one_stream)
+        assert failed.error and numeric_versions(tmp_path / "mnist") == []
+        ranges = [r for m, p, r in proxy.log if m == "GET" and "model.onnx" in p]
+        assert ranges == ["", f"bytes={3 * part}-{6 * part - 1}", f"bytes={4 * part}-{6 * part - 1}"]
+        assert journal.read_text().count('"part"') == 5  # parts 1-5 written and hashed
+
+        proxy.faults.clear()
+        proxy.log.clear()
+        resumed = await sync_model(via_proxy, "mnist", tmp_path, options=one_stream)
+    assert resumed.error is None and resumed.versions_added == [1]
+    assert [r for m, p, r in proxy.log if m == "GET" and "model.onnx" in p] == [f"bytes={5 * part}-{6 * part - 1}"]
+    assert (resumed.bytes_downloaded, resumed.bytes_reused) == (part, 5 * part)
+    assert (tmp_path / "mnist" / "1" / "model.onnx").read_bytes() == data
+
+
+async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetches_it_afresh(s3, tmp_path):
+    client, bucket, store = s3
+    part = 5 * MiB
+    data = random_bytes(4 * part, 8)
+    upload_version(client, bucket, PREFIX, 1, {"model.onnx": data}, part_size=part)
+    two_streams = dataclasses.replace(TEST_OPTIONS, multipart_streams=2, object_attempts=1)
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        via_proxy = dataclasses.replace(store, endpoint_url=proxy.endpoint)
+        # One byte of one range changes in transit: its part's MD5, and so the ETag, differ.
+        proxy.inject("flip", path_contains="model.onnx", times=1)
+        caught = await sync_model(via_proxy, "mnist", tmp_path, options=two_streams)
+        assert caught.error and "does not match multipart ETag" in caught.error
+        assert numeric_versions(tmp_path / "mnist") == []
+        assert not (tmp_path / "mnist" / ".staging" / "1" / "model.onnx").exists()  # no part of it is trusted
+        proxy.log.clear()
+        fresh = await sync_model(via_proxy, "mnist", tmp_path, options=two_streams)
+    assert fresh.error is None and fresh.bytes_reused == 0 and fresh.bytes_downloaded == len(data)
+    assert sorted(r for m, p, r in proxy.log if m == "GET" and "model.onnx" in p) == [
+        f"bytes=0-{2 * part - 1}", f"bytes={2 * part}-{4 * part - 1}"]
+    assert (tmp_path / "mnist" / "1" / "model.onnx").read_bytes() == data
+
+
+@pytest.mark.parametrize("kind,endpoint", [("ois", "http://127.0.0.1:9"), ("minio", "http://10.1.2.3:9000"),
+                                           ("ois", "https://s3.pek3b.example.com:443")])
+def test_requests_are_signed_as_botocore_signs_them(kind, endpoint, monkeypatch):
+    import calendar
+    import time
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from agent.modelstore import signing
+    from agent.modelstore.client import make_client
+
+    store = StoreConfig(kind, endpoint, "pek3b", "AKIAEXAMPLE", "secret/key+x", "models", "repo")
+    signer = signing.Signer(make_client(store, TEST_OPTIONS), "models")
+    for key, params in (("repo/mnist/1/saved_model.pb", None),
+                        ("repo/mnist/1/assets/vocab 词表.txt", None),
+                        ("repo/a~b!'()*;:@&=$,?#[]+%.bin", None),
+                        ("", {"list-type": "2", "prefix": "repo/a b+c/", "delimiter": "/", "encoding-type": "url",
+                              "continuation-token": "x/y+z=="})):
+        url, headers = signer.sign(key, params)
+        reference = AWSRequest(method="GET", url=url, headers={"x-amz-content-sha256": signing.EMPTY_SHA256})
+        S3SigV4Auth(Credentials("AKIAEXAMPLE", "secret/key+x"), "s3", "pek3b").add_auth(reference)
+        stamp = reference.headers["X-Amz-Date"]
+        monkeypatch.setattr(signing, "_now", lambda: calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")))
+        url, headers = signer.sign(key, params)  # at the reference's instant
+        assert headers["Authorization"] == reference.headers["Authorization"]
+        assert headers["x-amz-date"] == stamp

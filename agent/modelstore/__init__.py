@@ -6,6 +6,7 @@ Public interface (imports stay light: boto3 loads with the first sync):
     sync_model, SyncResult          - one sync of one model (sync)
     ModelSyncer                     - the agent's periodic sync loop (syncer)
     seed_bucket                     - first upload of built-in models (seed)
+    push_to_store, push_to_root     - `models push`: one version, never seen half-written (push)
 """
 
 from __future__ import annotations

@@ -76,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
     if result.error:
         print(f"inference-agent sync: {result.error}", file=sys.stderr)
         return 1
-    if result.versions_pending:
+    if result.versions_pending and result.retry_after is not None:
         print(f"inference-agent sync: version(s) {result.versions_pending} are still changing in the store", file=sys.stderr)
         return 1
+    if result.versions_pending:  # only pushes that died long ago: nothing will change by waiting
+        print(f"inference-agent sync: version(s) {result.versions_pending} hold an unfinished `models push` "
+              "(its marker is over an hour old); delete them from the store or push again", file=sys.stderr)
     return 0
 
 

@@ -16,17 +16,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import botocore.exceptions as bexc
 import urllib3.exceptions
-from botocore.awsrequest import AWSRequest
 
 from agent.modelstore.client import error_code, is_final
 from agent.modelstore.config import SyncOptions
 from agent.modelstore.etag import PartHasher, combine_part_digests, md5_file_parts, uniform_cuts
 from agent.modelstore.layout import start_writeback
 from agent.modelstore.listing import RemoteObject
+from agent.modelstore.signing import client_error, send_get
 
 # Dirty bytes handed to the disk while a file still streams in.
 _WRITEBACK_STEP = 8 << 20
@@ -114,7 +114,6 @@ class Fetcher:
         self.options = options
         self.stop = stop
         self.counters = counters
-        self._http = client._endpoint.http_session  # the client's pool, timeouts and TLS settings
 
     # ---- planning -------------------------------------------------------
 
@@ -155,20 +154,6 @@ class Fetcher:
                 return None
             raise
 
-    @staticmethod
-    def spans(size: int, cuts: list[int] | None, streams: int) -> list[Span]:
-        """Cut an object into at most `streams` GETs on part boundaries."""
-        if cuts is None or len(cuts) < 2 or streams < 2:
-            return [Span(0, size, cuts)]
-        groups = min(streams, len(cuts))
-        per = -(-len(cuts) // groups)
-        out, start = [], 0
-        for i in range(0, len(cuts), per):
-            chunk = cuts[i:i + per]
-            out.append(Span(start, start + sum(chunk), chunk))
-            start += sum(chunk)
-        return out
-
     # ---- fetching -------------------------------------------------------
 
     def prepare_file(self, dest: Path, size: int) -> None:
@@ -193,6 +178,49 @@ class Fetcher:
         """
         return self._attempts(obj, lambda: self._get(obj, dest, span, whole_file))
 
+    def fetch_parts(self, obj: RemoteObject, dest: Path, start: int, first: int, cuts: list[int],
+                    on_part: Callable[[int, bytes], None]) -> list[bytes]:
+        """GET the consecutive parts `first`, `first + 1`, ... (sizes `cuts`, the first at
+        byte `start`) into the prepared `dest`. Each part is hashed as it lands and handed
+        to `on_part(index, md5)` once written; a retry resumes at the first part not done."""
+        done: list[bytes] = []
+
+        def landed(digest: bytes) -> None:
+            done.append(digest)
+            on_part(first + len(done) - 1, digest)
+
+        def attempt() -> list[bytes]:
+            offset = start + sum(cuts[: len(done)])
+            rest = cuts[len(done):]
+            if rest:
+                self._get(obj, dest, Span(offset, offset + sum(rest), rest), False, landed)
+            return done
+
+        return self._attempts(obj, attempt)
+
+    @staticmethod
+    def part_spans(cuts: list[int], missing: list[int], streams: int) -> list[tuple[int, int, list[int]]]:
+        """(byte offset, first part index, part sizes) of at most `streams` GETs covering
+        the `missing` parts (ascending indexes), each a run of consecutive parts."""
+        offsets = [0]
+        for c in cuts:
+            offsets.append(offsets[-1] + c)
+        runs: list[list[int]] = []
+        for i in missing:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        # Split the longest runs until every stream has one (a part is never split).
+        while len(runs) < streams:
+            longest = max(range(len(runs)), key=lambda k: len(runs[k]), default=None)
+            if longest is None or len(runs[longest]) < 2:
+                break
+            run = runs.pop(longest)
+            half = len(run) // 2
+            runs[longest:longest] = [run[:half], run[half:]]
+        return [(offsets[run[0]], run[0], [cuts[i] for i in run]) for run in runs]
+
     def _attempts(self, obj: RemoteObject, call: Any) -> Any:
         attempts = max(1, self.options.object_attempts)
         for attempt in range(1, attempts + 1):
@@ -211,7 +239,9 @@ class Fetcher:
                 raise FetchError(f"{obj.key}: cannot write {dest_hint(e)}: {e.strerror or e}") from e
         raise AssertionError("unreachable")
 
-    def _get(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool) -> list[bytes]:
+    def _get(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool,
+             landed: Callable[[bytes], None] | None = None) -> list[bytes]:
+        """One GET of `span`; `landed(md5)` is called for each part once its bytes are written."""
         length = span.end - span.start
         headers = {}
         if obj.etag.raw:
@@ -223,7 +253,7 @@ class Fetcher:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         else:
             fd = os.open(dest, os.O_WRONLY)
-        received = 0
+        received = kept = reported = 0
         try:
             if length == 0:
                 hasher = PartHasher(span.cuts or [0])
@@ -249,6 +279,11 @@ class Fetcher:
                         offset += n
                         received += n
                         self.counters.add_bytes(n)
+                        if landed is not None and hasher is not None and len(hasher.digests) > reported:
+                            for digest in hasher.digests[reported:]:
+                                kept += span.cuts[reported]  # type: ignore[index]
+                                reported += 1
+                                landed(digest)
                         if offset - written_back >= _WRITEBACK_STEP:
                             start_writeback(fd, written_back, offset - written_back)
                             written_back = offset
@@ -258,13 +293,16 @@ class Fetcher:
                 body.release_conn()
                 start_writeback(fd, written_back, offset - written_back)
             digests = hasher.finish() if hasher is not None else []
+            if landed is not None:
+                for digest in digests[reported:]:
+                    landed(digest)
             if whole_file and obj.etag.verifiable and not obj.etag.multipart and hasher is not None:
                 if digests[0].hex() != obj.etag.digest:
                     raise VerifyError(f"MD5 {digests[0].hex()} does not match ETag {obj.etag.raw}")
             return digests
         except BaseException:
-            if received:
-                self.counters.add_bytes(-received)  # those bytes will come again
+            if received > kept:
+                self.counters.add_bytes(kept - received)  # those bytes will come again
             raise
         finally:
             os.close(fd)
@@ -272,31 +310,21 @@ class Fetcher:
     def _open(self, key: str, headers: dict[str, str]) -> tuple[Any, Any]:
         """Send a GET; returns (lower-case headers, streaming urllib3 body) of a 200/206.
 
-        The request is a URL presigned by the client (its endpoint, addressing style and
-        credentials) sent through the client's own connection pool: the same request
-        get_object would make, at a third of the CPU, which decides small-file throughput.
+        The request is signed like the client's own (its endpoint, addressing style and
+        credentials; see signing.py) and sent through its connection pool: the same
+        request get_object would make, at a fraction of the CPU, which decides
+        small-file throughput.
         """
-        url = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600
-        )
-        request = AWSRequest(method="GET", url=url, headers=headers).prepare()
-        request.stream_output = True
-        response = self._http.send(request)
-        status = response.status_code
-        raw = response.raw
+        status, resp_headers, raw = send_get(self.client, self.bucket, key, headers=headers)
         if status in (200, 206):
-            return {k.lower(): v for k, v in response.headers.items()}, raw
+            return resp_headers, raw
         try:
             body = raw.read(64 << 10) if status not in (304,) else b""
         finally:
             raw.close()
-        code, message = _error_fields(body)
         if status in (304, 412):
-            code = "PreconditionFailed"
-        raise bexc.ClientError(
-            {"Error": {"Code": code or str(status), "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
-            "GetObject",
-        )
+            raise client_error(status, b"<Code>PreconditionFailed</Code>", "GetObject")
+        raise client_error(status, body, "GetObject")
 
     def finish_multipart(self, obj: RemoteObject, dest: Path, digests: list[bytes] | None) -> None:
         """Check a multipart object assembled from spans against its ETag.
@@ -349,14 +377,6 @@ def _encrypted(headers: dict[str, str]) -> bool:
         headers.get("x-amz-server-side-encryption") == "aws:kms"
         or bool(headers.get("x-amz-server-side-encryption-customer-algorithm"))
     )
-
-
-def _error_fields(body: bytes) -> tuple[str, str]:
-    """(Code, Message) of an S3 XML error body, empty when absent."""
-    text = body.decode("utf-8", "replace")
-    code = re.search(r"<Code>([^<]*)</Code>", text)
-    message = re.search(r"<Message>([^<]*)</Message>", text)
-    return (code.group(1) if code else "", message.group(1) if message else "")
 
 
 def _short(e: BaseException) -> str:

@@ -1,27 +1,39 @@
 """What a model looks like in the store: its numeric versions and their objects.
 
-One listing pass: a delimited listing of the model's prefix finds the version
-directories, then each version's keys are listed (pages in parallel across versions).
+One listing of the model's prefix, page after page: a model of fewer than 1,000 files
+costs one request, and no more requests are made than the keys need (a listing per
+version would add one per version, and a delimited listing one more).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import random
 import time
 from concurrent.futures import Executor
-from email.utils import parsedate_to_datetime
 from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import unquote_plus
+from xml.etree import ElementTree
+
+import botocore.exceptions as bexc
+import urllib3.exceptions
 
 from agent import log as agent_log
 from agent.modelstore.etag import ETag, parse_etag
 from agent.serving.versions import VERSION_RULE
+from agent.modelstore.signing import client_error, send_get
 
 log = agent_log.get(__name__)
 
 # TF Serving's version directories: a non-negative integer, written canonically.
 # One version rule with the model server (TF Serving's int64).
 VERSION_RE = VERSION_RULE
+# Put first and deleted last by `models push`: a version holding it is still being uploaded.
+PUSH_MARKER = ".inference-agent-push"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,9 @@ class RemoteModel:
     versions: dict[int, dict[str, RemoteObject]] = field(default_factory=dict)
     # Keys or version prefixes that cannot become local files, with the reason.
     ignored: dict[str, str] = field(default_factory=dict)
+    # Versions a `models push` is still uploading (marker present): when the marker was
+    # written, by the store's clock. Never taken, never retired.
+    uploading: dict[int, float] = field(default_factory=dict)
     objects_listed: int = 0
     # The store's clock when it was listed (its Date header), to judge how fresh objects are.
     server_time: float = 0.0
@@ -69,66 +84,155 @@ def _conflicts(rels: list[str]) -> list[str]:
     return sorted(set(bad))
 
 
-def _pages(client: Any, **kwargs: Any) -> list[dict]:
-    return list(client.get_paginator("list_objects_v2").paginate(**kwargs, PaginationConfig={"PageSize": 1000}))
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+# A page holds at most 1,000 keys of at most 1 KiB (3 KiB URL-encoded): a bigger answer
+# is not a listing, and is not read further.
+MAX_PAGE_BYTES = 16 << 20
+MAX_PAGES = 1000
+_RETRY_STATUS = {500, 502, 503, 504, 429}
+_RETRYABLE = (bexc.HTTPClientError, bexc.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException,
+              ConnectionError, TimeoutError)
 
 
-def _version_dirs(client: Any, bucket: str, prefix: str) -> tuple[list[str], int, list[str]]:
-    """(version prefixes, objects seen directly under prefix, other directory prefixes)."""
-    versions, others, loose = [], [], 0
-    for page in _pages(client, Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        loose += len(page.get("Contents", ()))
-        for cp in page.get("CommonPrefixes", ()):
-            name = cp["Prefix"][len(prefix):].rstrip("/")
-            (versions if VERSION_RE.match(name) else others).append(cp["Prefix"])
-    return versions, loose, others
+@dataclass
+class _Page:
+    """One ListObjectsV2 answer: (key, size, etag, modified) of each object, common prefixes."""
+
+    objects: list[tuple[str, int, str, float]]
+    prefixes: list[str]
+    date: float
+    next_token: str | None
 
 
-def _version_objects(client: Any, bucket: str, vprefix: str) -> tuple[list[dict], float]:
-    """Every object under `vprefix`, and the store's clock at the last page."""
-    out: list[dict] = []
+def _pages(client: Any, bucket: str, prefix: str, delimiter: str, attempts: int) -> list[_Page]:
+    """Every page of one listing. Signed and parsed here rather than by botocore, whose
+    parser costs a quarter of a second per 1,000 keys: most of a no-op sync."""
+    pages: list[_Page] = []
+    token: str | None = None
+    while True:
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
+        if delimiter:
+            params["delimiter"] = delimiter
+        if token:
+            params["continuation-token"] = token
+        page = _retrying(lambda: _page(client, bucket, params), attempts)
+        pages.append(page)
+        if not page.next_token:
+            return pages
+        if len(pages) >= MAX_PAGES:
+            raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
+        token = page.next_token
+
+
+def _retrying(call: Any, attempts: int) -> Any:
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            return call()
+        except bexc.ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status not in _RETRY_STATUS or attempt >= attempts:
+                raise
+        except _RETRYABLE:
+            if attempt >= attempts:
+                raise
+        time.sleep(min(2.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
+    status, headers, raw = send_get(client, bucket, "", params)
+    try:
+        body = raw.read(MAX_PAGE_BYTES + 1)
+    except BaseException:
+        raw.close()
+        raise
+    if len(body) > MAX_PAGE_BYTES:
+        raw.close()  # the rest is not read: this connection cannot be reused
+    else:
+        raw.release_conn()
+    if status != 200:
+        raise client_error(status, body[:65536], "ListObjectsV2")
+    if len(body) > MAX_PAGE_BYTES:
+        raise ValueError(f"a listing page of more than {MAX_PAGE_BYTES >> 20} MiB")
+    root = ElementTree.fromstring(body)
+    encoded = (root.findtext(f"{_NS}EncodingType") or "") == "url"
+    decode = unquote_plus if encoded else str
+    objects = [
+        (
+            decode(c.findtext(f"{_NS}Key") or ""),
+            int(c.findtext(f"{_NS}Size") or 0),
+            c.findtext(f"{_NS}ETag") or "",
+            _timestamp(c.findtext(f"{_NS}LastModified") or ""),
+        )
+        for c in root.iterfind(f"{_NS}Contents")
+    ]
+    prefixes = [decode(p.findtext(f"{_NS}Prefix") or "") for p in root.iterfind(f"{_NS}CommonPrefixes")]
+    truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
+    token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
+    if truncated and not token:
+        raise ValueError("a truncated listing page without a continuation token")
+    return _Page(objects, prefixes, _date(headers.get("date")), token)
+
+
+def _timestamp(value: str) -> float:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _model_objects(client: Any, bucket: str, prefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
+    """Every object under `prefix`, and the store's clock at the last page."""
+    out: list[tuple[str, int, str, float]] = []
     now = 0.0
-    for page in _pages(client, Bucket=bucket, Prefix=vprefix):
-        out.extend(page.get("Contents", ()))
-        now = max(now, _date(page))
+    for page in _pages(client, bucket, prefix, "", attempts):
+        out.extend(page.objects)
+        now = max(now, page.date)
     return out, now
 
 
-def _date(page: dict) -> float:
-    date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+def _date(date: str | None) -> float:
     try:
         return parsedate_to_datetime(date).timestamp() if date else 0.0
     except (TypeError, ValueError):
         return 0.0
 
 
-async def list_model(client: Any, bucket: str, prefix: str, executor: Executor) -> RemoteModel:
+async def list_model(client: Any, bucket: str, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
     """List the versions of the model stored under `prefix` (which ends in '/')."""
     loop = asyncio.get_running_loop()
-    vprefixes, loose, others = await loop.run_in_executor(executor, _version_dirs, client, bucket, prefix)
-    model = RemoteModel(objects_listed=loose)
-    for other in others:
-        model.ignored[other] = "not a numeric version directory"
-    listings = await asyncio.gather(
-        *(loop.run_in_executor(executor, _version_objects, client, bucket, vp) for vp in vprefixes)
-    )
-    for vprefix, (contents, now) in zip(vprefixes, listings):
-        model.objects_listed += len(contents)
-        model.server_time = max(model.server_time, now)
+    contents, now = await loop.run_in_executor(executor, _model_objects, client, bucket, prefix, attempts)
+    model = RemoteModel(objects_listed=len(contents), server_time=now)
+    by_version: dict[str, list[tuple[str, int, str, float]]] = {}
+    for item in contents:
+        key = item[0]
+        if not key.startswith(prefix):
+            continue  # not under the model: a store answering what was not asked
+        name, slash, _rest = key[len(prefix):].partition("/")
+        if not slash:
+            continue  # a loose object next to the versions
+        if VERSION_RE.match(name):
+            by_version.setdefault(f"{prefix}{name}/", []).append(item)
+        else:
+            model.ignored.setdefault(f"{prefix}{name}/", "not a numeric version directory")
+    for vprefix, items in by_version.items():
         version = int(vprefix[len(prefix):].rstrip("/"))
         objects: dict[str, RemoteObject] = {}
-        for item in contents:
-            key = item["Key"]
+        for key, size, etag, modified in items:
             if key.endswith("/"):
                 continue  # a directory marker some upload tools create
-            rel = safe_relpath(key[len(vprefix):])
+            if key == vprefix + PUSH_MARKER:
+                model.uploading[version] = modified
+                continue
+            rel = safe_relpath(key[len(vprefix):]) if key.startswith(vprefix) else None
             if rel is None:
                 model.ignored[key] = "unsafe file name"
                 continue
-            modified = item["LastModified"].timestamp() if "LastModified" in item else 0.0
-            objects[rel] = RemoteObject(key, rel, int(item["Size"]), parse_etag(item.get("ETag", "")), modified)
+            objects[rel] = RemoteObject(key, rel, size, parse_etag(etag), modified)
         conflicts = _conflicts(list(objects))
-        if conflicts:
+        if version in model.uploading:
+            pass  # still uploading: neither a version nor a problem yet
+        elif conflicts:
             model.ignored[vprefix] = f"paths that are both a file and a directory: {', '.join(conflicts[:3])}"
         elif objects:
             model.versions[version] = objects

@@ -16,6 +16,8 @@ from pathlib import Path
 
 # rel path -> (size, etag) for one version
 Files = dict[str, tuple[int, str]]
+# rel path -> (etag, {part index: MD5 digest}) of multipart objects partly downloaded
+Parts = dict[str, tuple[str, dict[int, bytes]]]
 
 FORMAT = 1
 
@@ -71,9 +73,11 @@ class Journal:
     The header names the staging directory's inode: after a crash, that inode tells
     whether the directory is still staged or already went live. It also names the boot:
     files are not fsynced one by one, so after a reboot the entries prove nothing.
+    Part lines record the parts of a large object already written and hashed, so an
+    interrupted download resumes at the first missing part.
     """
 
-    def __init__(self, path: Path, inode: int, boot: str, entries: Files | None = None):
+    def __init__(self, path: Path, inode: int, boot: str, entries: Files | None = None, parts: Parts | None = None):
         self.path = path
         self.inode = inode
         self.entries: Files = dict(entries or {})
@@ -81,6 +85,9 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         lines = [json.dumps({"inode": inode, "boot": boot})] + [
             json.dumps({"rel": rel, "size": s, "etag": e}, ensure_ascii=False) for rel, (s, e) in self.entries.items()
+        ] + [
+            _part_line(rel, etag, i, digest)
+            for rel, (etag, done) in (parts or {}).items() for i, digest in sorted(done.items())
         ]
         os.write(fd, ("\n".join(lines) + "\n").encode())
         os.fsync(fd)
@@ -106,10 +113,46 @@ class Journal:
         for line in lines[1:]:
             try:
                 item = json.loads(line)
-                entries[item["rel"]] = (int(item["size"]), str(item["etag"]))
+                if "part" not in item:
+                    entries[item["rel"]] = (int(item["size"]), str(item["etag"]))
             except (ValueError, KeyError, TypeError):
                 continue
         return inode, entries
+
+    @staticmethod
+    def read_parts(path: Path) -> Parts:
+        """Part lines of the journal (call after read() accepted its header)."""
+        parts: Parts = {}
+        try:
+            lines = path.read_bytes().splitlines()[1:]
+        except OSError:
+            return parts
+        for line in lines:
+            try:
+                item = json.loads(line)
+                if "part" not in item:
+                    continue
+                rel, etag, index = item["rel"], str(item["etag"]), int(item["part"])
+                if index < 0:  # drop_parts
+                    parts.pop(rel, None)
+                    continue
+                digest = bytes.fromhex(item["md5"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a torn last line
+            if len(digest) != 16:
+                continue
+            known = parts.get(rel)
+            if known is None or known[0] != etag:
+                known = parts[rel] = (etag, {})
+            known[1][index] = digest
+        return parts
+
+    def add_part(self, rel: str, etag: str, index: int, digest: bytes) -> None:
+        """Record one part of a multipart object written and hashed (0-based index)."""
+        line = _part_line(rel, etag, index, digest) + "\n"
+        with self._lock:
+            if self._fd >= 0:
+                os.write(self._fd, line.encode())
 
     def add(self, rel: str, size: int, etag: str) -> None:
         """Record one verified file."""
@@ -118,9 +161,20 @@ class Journal:
             self.entries[rel] = (size, etag)
             os.write(self._fd, line.encode())
 
+    def drop_parts(self, rel: str) -> None:
+        """Forget the parts of `rel` (its file failed verification and is deleted)."""
+        line = json.dumps({"rel": rel, "etag": "", "part": -1, "md5": ""}, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._fd >= 0:
+                os.write(self._fd, line.encode())
+
     def close(self) -> None:
         """Close the journal's file descriptor."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def _part_line(rel: str, etag: str, index: int, digest: bytes) -> str:
+    return json.dumps({"rel": rel, "etag": etag, "part": index, "md5": digest.hex()}, ensure_ascii=False)

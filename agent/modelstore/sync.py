@@ -30,14 +30,15 @@ from agent import log as agent_log
 from agent.modelstore.client import StoreError, client_for, describe, scrub
 from agent.modelstore.config import StoreConfig, SyncOptions
 from agent.modelstore.download import Cancelled, Counters, Fetcher, FetchError, Span
-from agent.files import fsync_dir
-from agent.modelstore.layout import ModelDir, boot_id, flush_filesystem, publish, retire
+from agent.modelstore.layout import ModelDir, boot_id, flush_filesystem, fsync_dir, publish, retire
 from agent.modelstore.listing import RemoteModel, RemoteObject, list_model
-from agent.modelstore.manifest import Files, Journal, Manifest
+from agent.modelstore.manifest import Files, Journal, Manifest, Parts
 
 log = agent_log.get(__name__)
 
 PROGRESS_INTERVAL = 0.2
+# A push whose marker is older than this is taken for abandoned: no more quick re-syncs.
+PUSH_ABANDONED_SECONDS = 3600.0
 # model.name's rule in config_schema.json.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -101,6 +102,8 @@ class _Job:
     replace: bool
     journal: Journal | None = None
     fetch: list[RemoteObject] = field(default_factory=list)
+    # Parts of large objects already in staging (rel -> part index -> MD5): resumed there.
+    parts: dict[str, dict[int, bytes]] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -249,9 +252,9 @@ class _Run:
         if self.progress is not None:
             self._ticker = asyncio.create_task(self._tick())
         client = await self._in_pool(client_for, store, self.options)
-        self.fetcher = Fetcher(client, store.bucket, self.options, self.stop, self.counters)
         try:
-            remote = await list_model(client, store.bucket, store.model_prefix(model), self.pool)
+            remote = await list_model(client, store.bucket, store.model_prefix(model), self.pool,
+                                      self.options.request_attempts)
         except Exception as e:
             raise StoreError(describe(e, store, f"cannot list s3://{store.bucket}/{store.model_prefix(model)}")) from e
         result.objects_listed = remote.objects_listed
@@ -261,10 +264,11 @@ class _Run:
         jobs = await self._in_pool(self._plan, remote, live)
         if jobs:
             self._phase = "downloading"
+            self.fetcher = await self._in_pool(Fetcher, client, store.bucket, self.options, self.stop, self.counters)
             await self._run_jobs(jobs)
         await self._retire(remote)
         await self._in_pool(self._cleanup_staging, remote)
-        if not remote.versions:
+        if not remote.versions and not remote.uploading:
             result.error = (
                 f"no versions of model {model!r} in s3://{store.bucket}/{store.model_prefix(model)} "
                 f"at {store.endpoint_url} (a version is a numeric directory)"
@@ -291,6 +295,13 @@ class _Run:
                 self.result.retry_after = max(self.result.retry_after or 0.0, wait)
                 continue
             jobs.append(_Job(v, objects, want, replace=v in live))
+        for v, started in remote.uploading.items():
+            # `models push` is still uploading it: look again soon, unless the push looks
+            # abandoned (its marker then stays until an operator deletes the version).
+            self.result.versions_pending.append(v)
+            if remote.server_time - started < PUSH_ABANDONED_SECONDS:
+                wait = max(1.0, self.options.settle_seconds)
+                self.result.retry_after = max(self.result.retry_after or 0.0, wait)
         if manifest_dirty:
             self.manifest.save(self.mdir.manifest)
         for job in jobs:
@@ -322,24 +333,30 @@ class _Run:
         """Prepare the staging directory of `job`, keeping every file already verified."""
         staging, jpath = self.mdir.staging(job.version), self.mdir.journal(job.version)
         keep: Files = {}
+        parts: Parts = {}
         found = Journal.read(jpath, self.boot)
         inode = _inode(staging)
         if found and inode is not None and found[0] == inode:
             for rel, entry in found[1].items():
                 if job.want.get(rel) == entry and _size(staging / rel) == entry[0]:
                     keep[rel] = entry
+            for rel, (etag, done) in Journal.read_parts(jpath).items():
+                want = job.want.get(rel)
+                if rel not in keep and want is not None and want[1] == etag and _size(staging / rel) == want[0]:
+                    parts[rel] = (etag, done)
         else:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             inode = staging.stat().st_ino
-        _prune(staging, set(keep))
+        _prune(staging, set(keep) | set(parts))
+        job.parts = {rel: done for rel, (_etag, done) in parts.items()}
         reused = sum(size for size, _ in keep.values())
         if job.replace:
             reused += self._link_unchanged(job, keep)
         self.reused_bytes += reused
         self.counters.add_bytes(reused)
         self.result.bytes_reused += reused
-        job.journal = Journal(jpath, inode, self.boot, keep)
+        job.journal = Journal(jpath, inode, self.boot, keep, parts)
         job.fetch = [o for rel, o in job.objects.items() if rel not in keep]
         self.counters.files_total += len(job.objects)
         self.counters.files_done += len(keep)
@@ -472,23 +489,48 @@ class _Run:
         self.counters.add_file(fetched=True)
 
     async def _fetch_ranged(self, job: _Job, obj: RemoteObject, cuts: list[int] | None, streams: int) -> None:
-        """Fetch a multipart object as spans on its part boundaries, then verify it."""
+        """Fetch a multipart object as spans on its part boundaries, each part hashed as it
+        lands and journalled once written (so a later sync resumes at the part level),
+        then verify the whole against its ETag."""
         fetcher = self.fetcher
         assert fetcher is not None and job.journal is not None
+        journal = job.journal
         dest = self.mdir.staging(job.version) / obj.rel
         try:
-            spans = Fetcher.spans(obj.size, cuts, streams)
-            if len(spans) == 1:
-                digests = await self._in_pool(fetcher.fetch_span, obj, dest, spans[0], True)
+            if cuts is None or len(cuts) < 2:
+                digests = await self._in_pool(fetcher.fetch_span, obj, dest, Span(0, obj.size, cuts), True)
             else:
-                await self._in_pool(fetcher.prepare_file, dest, obj.size)
-                parts = await asyncio.gather(*(self._in_pool(fetcher.fetch_span, obj, dest, s, False) for s in spans))
-                digests = [d for p in parts for d in p]
-            await self._in_pool(fetcher.finish_multipart, obj, dest, digests if cuts else None)
+                resumed = {i: d for i, d in job.parts.get(obj.rel, {}).items() if i < len(cuts)}
+                if resumed:
+                    reused = sum(cuts[i] for i in resumed)
+                    self.reused_bytes += reused
+                    self.counters.add_bytes(reused)
+                    self.result.bytes_reused += reused
+                else:
+                    await self._in_pool(fetcher.prepare_file, dest, obj.size)
+                missing = [i for i in range(len(cuts)) if i not in resumed]
+                found = dict(resumed)
+
+                def landed(index: int, digest: bytes) -> None:
+                    found[index] = digest
+                    journal.add_part(obj.rel, obj.etag.raw, index, digest)
+
+                await asyncio.gather(*(
+                    self._in_pool(fetcher.fetch_parts, obj, dest, start, first, run, landed)
+                    for start, first, run in Fetcher.part_spans(cuts, missing, streams)
+                ))
+                digests = [found[i] for i in range(len(cuts))]
+            try:
+                await self._in_pool(fetcher.finish_multipart, obj, dest, digests if cuts else None)
+            except FetchError:
+                # Some part is wrong, and which one cannot be told: start this file afresh.
+                journal.drop_parts(obj.rel)
+                dest.unlink(missing_ok=True)
+                raise
         except FetchError as e:
             self._note_unreachable(e)
             raise
-        job.journal.add(obj.rel, obj.size, obj.etag.raw)
+        journal.add(obj.rel, obj.size, obj.etag.raw)
         self.counters.add_file(fetched=True)
 
     def _publish(self, job: _Job) -> None:
@@ -511,7 +553,7 @@ class _Run:
     async def _retire(self, remote: RemoteModel) -> None:
         """Remove live versions the store no longer has, keeping at least one loadable."""
         live = await self._in_pool(self.mdir.live_versions)
-        gone = [v for v in live if v not in remote.versions]
+        gone = [v for v in live if v not in remote.versions and v not in remote.uploading]
         survivors = [v for v in live if v in remote.versions]
         if not survivors and gone:
             keep = max(gone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,35 @@ def fingerprint(path: Path) -> tuple:
     return tuple(sorted(entries))
 
 
+# A version directory written in place (a hand copy) is loaded once nothing in it has
+# changed for this long.
+QUIET_SECONDS = 2.0
+# The last complete state of every version directory present, by path.
+_complete_seen: dict[str, VersionDir] = {}
+
+
+def complete(path: Path, now: float | None = None) -> bool:
+    """True when the version directory is not being written: it was renamed into place
+    after its last file was written (as the sync and `models push` do: every entry's
+    ctime is older than the directory's), or nothing in it changed for QUIET_SECONDS.
+    ctime, not mtime: `cp -a` sets old mtimes while it writes, but cannot set ctimes."""
+    try:
+        top = os.stat(path).st_ctime_ns
+    except OSError:
+        return False
+    newest = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_ctime_ns)
+            except OSError:
+                return False  # vanished while we looked: still changing
+    if newest and newest < top:
+        return True
+    now_ns = int((time.time() if now is None else now) * 1e9)
+    return now_ns - max(newest, top) >= QUIET_SECONDS * 1e9
+
+
 def discover(base_path: Path) -> dict[int, VersionDir]:
     """The version directories under base_path (names that are plain numbers); none if absent."""
     found: dict[int, VersionDir] = {}
@@ -81,5 +111,14 @@ def discover(base_path: Path) -> dict[int, VersionDir]:
                             reason=f"not a version number from 0 to {MAX_VERSION} without leading zeros")
             continue
         path = Path(entry.path)
-        found[version] = VersionDir(version, path, fingerprint(path))
+        if not complete(path):
+            # Still being written: a later scan takes it. A directory rewritten in
+            # place keeps its last complete state meanwhile: what is loaded stays.
+            if entry.path in _complete_seen:
+                found[version] = _complete_seen[entry.path]
+            continue
+        found[version] = _complete_seen[entry.path] = VersionDir(version, path, fingerprint(path))
+    present = {entry.path for entry in entries}
+    for gone in [p for p in _complete_seen if os.path.dirname(p) == os.fspath(base_path) and p not in present]:
+        del _complete_seen[gone]  # removed: a directory copied in again later is new
     return found
