@@ -4,7 +4,8 @@ server: what one installs, the other serves; anything else is ignored by both.""
 from __future__ import annotations
 
 from agent.modelstore.listing import VERSION_RE
-from agent.serving.versions import MAX_VERSION, discover, parse_version
+from agent.serving.versions import MAX_VERSION, QUIET_SECONDS, discover, parse_version
+from tests.node import wait_for
 
 
 def test_the_rule():
@@ -18,4 +19,8 @@ def test_the_rule():
 def test_server_ignores_versions_outside_the_rule(tmp_path):
     for name in ("1", "9999999999999999999", "007", "٣"):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"x")
+    # A version directory is taken once complete (see versions.complete): at the latest
+    # when it has been quiet for QUIET_SECONDS. The others are never taken.
+    wait_for(lambda: set(discover(tmp_path)) == {1}, timeout=10 * QUIET_SECONDS, what="version 1 to be taken")
     assert set(discover(tmp_path)) == {1}
