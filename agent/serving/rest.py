@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from google.protobuf import json_format
 
-from agent.serving import inference, rest_codec
+from agent.serving import inference, oip_rest, rest_codec
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
 from agent.serving.manager import ModelManager
@@ -58,6 +58,7 @@ class RestApi:
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=MAX_BODY)
+        oip_rest.add_routes(app, self._manager, self._executor)  # the Open Inference Protocol's /v2 paths
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 

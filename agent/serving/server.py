@@ -17,6 +17,7 @@ from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, parse_
 from agent.serving.grpc_api import CHANNEL_OPTIONS, add_services
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
+from agent.serving.oip_grpc import add_service as add_oip_service
 from agent.serving.rest import RestApi
 
 log = agent.log.get(__name__)
@@ -83,6 +84,7 @@ class ModelServer:
             await web.TCPSite(self._runner, o.host, o.rest_port, reuse_address=True).start()
         self._grpc = grpc.aio.server(options=CHANNEL_OPTIONS)
         add_services(self._grpc, self.manager, self._inference)
+        add_oip_service(self._grpc, self.manager, self._inference)
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()
