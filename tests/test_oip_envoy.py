@@ -190,5 +190,8 @@ def test_envoy_routes_v2_with_the_tf_serving_routes_retries(half_node):
         routes = manager["route_config"]["virtual_hosts"][0]["routes"]
         v2 = [r for r in routes if "v2" in json.dumps(r["match"]) or "GRPCInferenceService" in json.dumps(r["match"])]
         assert len(v2) == 1, routes
-        tf_route = routes[-1]["route"]
-        assert v2[0]["route"] == tf_route  # same cluster, timeout and retry policy
+        # Every route to the model servers (TF Serving's) has the same cluster, timeout
+        # and retry policy as the v2 one.
+        forwarded = [r["route"] for r in routes if "route" in r and r is not v2[0]]
+        assert forwarded and all(route == v2[0]["route"] for route in forwarded)
+        assert "retriable_status_codes" in v2[0]["route"]["retry_policy"]
