@@ -171,17 +171,13 @@ def from_json(name: Any, datatype: Any, shape: Any, data: Any) -> Tensor:
     count = math.prod(shape)
     if len(values) != count:
         raise invalid_argument(f"{where}: shape {list(shape)} needs {count} elements, data has {len(values)}")
-    if datatype == "BYTES":
-        if not all(isinstance(v, str) or rest_codec.is_b64(v) for v in values):
-            raise invalid_argument(f"{where}: BYTES data must be strings")
-    elif any(isinstance(v, (str, dict)) for v in values):
-        raise invalid_argument(f"{where}: {datatype} data must be numbers, got a string or object")
-    elif datatype != "BOOL" and any(isinstance(v, bool) for v in values):
-        raise invalid_argument(f"{where}: {datatype} data must be numbers, got a boolean")
     if count == 0:
         return Tensor(name, datatype, np.empty(shape, dtype=dtype))
-    # The shared JSON decoder checks element types and integer ranges against the dtype.
+    # The shared JSON decoder checks element types and integer ranges against the dtype;
+    # it reads text as strings whatever the dtype, which a numeric datatype refuses here.
     array = rest_codec.to_array(values, TensorSpec(name, dtype, None), name)
+    if array.dtype != dtype:
+        raise invalid_argument(f"{where}: {datatype} data must be numbers{' or booleans' if datatype == 'BOOL' else ''}")
     return Tensor(name, datatype, array.reshape(shape))
 
 
