@@ -165,7 +165,9 @@ def digits_model():
         helper.make_node("Gemm", ["scaled", "weights", "bias"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
         helper.make_node("ArgMax", ["probabilities"], ["classes"], axis=1, keepdims=0),
-        # The classify signature's labels: "0".."9" for every example of the batch.
+        # The classify signature's labels, 0..9 for every example of the batch (numbers,
+        # not strings: every runtime handles int64 tensors; TF Serving's classify
+        # answers them as the labels "0".."9").
         helper.make_node("Shape", ["images"], ["images_shape"]),
         helper.make_node("Gather", ["images_shape", "zero"], ["batch"], axis=0),
         helper.make_node("Concat", ["batch", "ten"], ["labels_shape"], axis=0),
@@ -178,7 +180,7 @@ def digits_model():
         [
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", DIGITS_CLASSES]),
             helper.make_tensor_value_info("classes", TensorProto.INT64, ["batch"]),
-            helper.make_tensor_value_info("class_labels", TensorProto.STRING, ["batch", DIGITS_CLASSES]),
+            helper.make_tensor_value_info("class_labels", TensorProto.INT64, ["batch", DIGITS_CLASSES]),
         ],
         initializer=[
             helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
@@ -186,7 +188,7 @@ def digits_model():
             numpy_helper.from_array(bias, "bias"),
             helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
             helper.make_tensor("ten", TensorProto.INT64, [1], [DIGITS_CLASSES]),
-            helper.make_tensor("labels", TensorProto.STRING, [1, DIGITS_CLASSES], [str(i).encode() for i in range(10)]),
+            helper.make_tensor("labels", TensorProto.INT64, [1, DIGITS_CLASSES], list(range(DIGITS_CLASSES))),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="inference-agent")
