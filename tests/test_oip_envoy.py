@@ -10,6 +10,7 @@ grpc_service_pb2 (same names) must not be imported here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -57,9 +58,16 @@ def digits_node(tmp_path_factory):
     node.stop()
 
 
+@contextlib.contextmanager
 def clients(node):
-    return (thttp.InferenceServerClient(f"{node.ip}:8080", network_timeout=60),
-            tgrpc.InferenceServerClient(f"{node.ip}:8081"))
+    """tritonclient's HTTP and gRPC clients on the node's public ports."""
+    rest = thttp.InferenceServerClient(f"{node.ip}:8080", network_timeout=60)
+    rpc = tgrpc.InferenceServerClient(f"{node.ip}:8081")
+    try:
+        yield rest, rpc
+    finally:
+        rest.close()
+        rpc.close()
 
 
 def _model_server_pid(node) -> int:
@@ -67,18 +75,18 @@ def _model_server_pid(node) -> int:
 
 
 def test_tritonclient_infers_half_plus_two_through_envoy(half_node):
-    rest, rpc = clients(half_node)
-    for client in (rest, rpc):
-        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("half_plus_two")
-        assert not client.is_model_ready("resnet")  # installed on disk, not the cluster's model
-    x_http = thttp.InferInput("x", [3], "FP32")
-    x_http.set_data_from_numpy(X)
-    np.testing.assert_array_equal(rest.infer("half_plus_two", [x_http]).as_numpy("y"), EXPECTED)
-    x_grpc = tgrpc.InferInput("x", [3], "FP32")
-    x_grpc.set_data_from_numpy(X)
-    np.testing.assert_array_equal(rpc.infer("half_plus_two", [x_grpc], model_version="1").as_numpy("y"), EXPECTED)
-    assert rest.get_model_metadata("half_plus_two")["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1]}]
-    assert rpc.get_model_metadata("half_plus_two").versions == ["1"]
+    with clients(half_node) as (rest, rpc):
+        for client in (rest, rpc):
+            assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("half_plus_two")
+            assert not client.is_model_ready("resnet")  # installed on disk, not the cluster's model
+        x_http = thttp.InferInput("x", [3], "FP32")
+        x_http.set_data_from_numpy(X)
+        np.testing.assert_array_equal(rest.infer("half_plus_two", [x_http]).as_numpy("y"), EXPECTED)
+        x_grpc = tgrpc.InferInput("x", [3], "FP32")
+        x_grpc.set_data_from_numpy(X)
+        np.testing.assert_array_equal(rpc.infer("half_plus_two", [x_grpc], model_version="1").as_numpy("y"), EXPECTED)
+        assert rest.get_model_metadata("half_plus_two")["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1]}]
+        assert rpc.get_model_metadata("half_plus_two").versions == ["1"]
 
 
 def _digits_classes_http(rest, images: np.ndarray) -> np.ndarray:
@@ -90,24 +98,24 @@ def _digits_classes_http(rest, images: np.ndarray) -> np.ndarray:
 
 
 def test_the_digits_classifier_scores_90_percent_on_held_back_digits_through_envoy(digits_node):
-    rest, rpc = clients(digits_node)
-    _, _, held_x, held_y = digits_data()
-    assert len(held_y) >= 400  # a quarter of scikit-learn's 1,797 digits, never trained on
-    by_http = np.concatenate([_digits_classes_http(rest, held_x[i : i + 64]) for i in range(0, len(held_x), 64)])
-    inp = tgrpc.InferInput("images", list(held_x.shape), "FP32")
-    inp.set_data_from_numpy(held_x)
-    result = rpc.infer("digits", [inp])
-    by_grpc = result.as_numpy("classes")
-    probabilities = result.as_numpy("probabilities")
-    http_accuracy = float((by_http == held_y).mean())
-    grpc_accuracy = float((by_grpc == held_y).mean())
-    print(f"digits accuracy on {len(held_y)} held-back samples: http {http_accuracy:.3f}, grpc {grpc_accuracy:.3f}")
-    assert http_accuracy >= 0.90 and grpc_accuracy >= 0.90
-    np.testing.assert_array_equal(by_grpc, np.argmax(probabilities, axis=1))
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    meta = rest.get_model_metadata("digits")
-    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 64]}]
-    assert rpc.is_model_ready("digits") and rest.is_server_ready()
+    with clients(digits_node) as (rest, rpc):
+        _, _, held_x, held_y = digits_data()
+        assert len(held_y) >= 400  # a quarter of scikit-learn's 1,797 digits, never trained on
+        by_http = np.concatenate([_digits_classes_http(rest, held_x[i : i + 64]) for i in range(0, len(held_x), 64)])
+        inp = tgrpc.InferInput("images", list(held_x.shape), "FP32")
+        inp.set_data_from_numpy(held_x)
+        result = rpc.infer("digits", [inp])
+        by_grpc = result.as_numpy("classes")
+        probabilities = result.as_numpy("probabilities")
+        http_accuracy = float((by_http == held_y).mean())
+        grpc_accuracy = float((by_grpc == held_y).mean())
+        print(f"digits accuracy on {len(held_y)} held-back samples: http {http_accuracy:.3f}, grpc {grpc_accuracy:.3f}")
+        assert http_accuracy >= 0.90 and grpc_accuracy >= 0.90
+        np.testing.assert_array_equal(by_grpc, np.argmax(probabilities, axis=1))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+        meta = rest.get_model_metadata("digits")
+        assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 64]}]
+        assert rpc.is_model_ready("digits") and rest.is_server_ready()
 
 
 def test_the_readme_digits_example_gets_its_class_through_envoy(digits_node):
