@@ -385,3 +385,37 @@ def test_our_proto_has_the_protocols_names_and_field_numbers():
     assert ours.service[0].name == theirs.service[0].name == "GRPCInferenceService"
     assert set(our_methods) >= {"ServerLive", "ServerReady", "ModelReady", "ModelMetadata", "ModelInfer"}
     assert our_methods == {k: their_methods[k] for k in our_methods}
+
+
+# --- model switches ---------------------------------------------------------------------
+
+
+def test_a_new_version_replaces_the_old_one_with_no_failed_v2_request(tmp_path):
+    import shutil
+    import time
+
+    models = tmp_path / "models"
+    hpt = copy_builtin(models, "half_plus_two")
+    config = tmp_path / "models.config"
+    write_config(config, [{"name": "half_plus_two", "base_path": hpt}])
+    server = Server(config).start()
+    try:
+        server.wait_available("half_plus_two", 1)
+        rest = thttp.InferenceServerClient(f"{server.ip}:8501", network_timeout=60)
+        rpc = tgrpc.InferenceServerClient(f"{server.ip}:8500")
+        shutil.copytree(hpt / "1", models / "staging")
+        (models / "staging").rename(hpt / "2")  # atomic, as the model sync does
+        deadline = time.monotonic() + 30
+        while server.states("half_plus_two") != {2: "AVAILABLE", 1: "END"}:
+            # Any failure raises; each answer must be right whichever version served it.
+            for result in (rest.infer("half_plus_two", [http_input("x", X, "FP32")]),
+                           rpc.infer("half_plus_two", [grpc_input("x", X, "FP32")])):
+                np.testing.assert_array_equal(result.as_numpy("y"), EXPECTED)
+            assert time.monotonic() < deadline, server.states("half_plus_two")
+        assert rest.get_model_metadata("half_plus_two")["versions"] == ["2"]
+        assert rpc.is_model_ready("half_plus_two", "2") and not rpc.is_model_ready("half_plus_two", "1")
+        assert rest.infer("half_plus_two", [http_input("x", X, "FP32")]).get_response()["model_version"] == "2"
+        rest.close()
+        rpc.close()
+    finally:
+        assert server.stop() == 0
