@@ -58,7 +58,7 @@ def test_up_prepares_a_node_serves_and_stops_everything_on_ctrl_c(node_ip, tmp_p
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: predict(node_ip)[1] == {"predictions": [2.5, 3.0, 4.5]}, 60, 0.2, "up to serve")
-        assert {p.name for p in (data / "models").iterdir()} == {"half_plus_two", "resnet"}
+        assert {p.name for p in (data / "models").iterdir()} == {"half_plus_two", "resnet", "digits"}
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children
     finally:

@@ -6,7 +6,9 @@ Serving's layout <models_root>/<name>/<version>/model.onnx.
 - resnet: the ResNet-50 graph shipped in the onnx package (constant weights), batch
   made dynamic, taking uint8 RGB images [batch, 224, 224, 3] as `image_bytes` (the input
   name TF Serving's ResNet example clients send; JPEG/PNG are decoded by the server) and
-  returning `probabilities` [batch, 1000] and `classes` [batch]."""
+  returning `probabilities` [batch, 1000] and `classes` [batch].
+- digits: a classifier of 8x8 handwritten digits, trained at install time on the digits
+  data set that scikit-learn ships (see `digits_model`)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from agent.serving.servable import CLASSIFY, PREDICT, REGRESS, SIGNATURES_KEY
 
 log = agent.log.get(__name__)
 
-BUILTIN_MODELS = ("half_plus_two", "resnet")
+BUILTIN_MODELS = ("half_plus_two", "resnet", "digits")
 BUILTIN_VERSION = 1
 RESNET_SOURCE = Path("backend/test/data/light/light_resnet50.onnx")
 IMAGE_SIZE = 224
@@ -119,7 +121,96 @@ def resnet_model():
     return model
 
 
-_BUILDERS = {"half_plus_two": half_plus_two_model, "resnet": resnet_model}
+DIGITS_PIXELS = 64  # 8 x 8 grey levels, 0 (white) to 16 (black)
+DIGITS_CLASSES = 10
+# One sample in DIGITS_HELD_BACK_EVERY is held back from training, to measure accuracy.
+DIGITS_HELD_BACK_EVERY = 4
+
+
+def digits_data():
+    """scikit-learn's digits data set split into (train_x, train_y, held_x, held_y): every
+    DIGITS_HELD_BACK_EVERY-th sample is held back, so the split is the same everywhere."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    held = np.arange(len(y)) % DIGITS_HELD_BACK_EVERY == DIGITS_HELD_BACK_EVERY - 1
+    return x[~held].astype(np.float32), y[~held], x[held].astype(np.float32), y[held]
+
+
+def digits_model():
+    """The digits ONNX model: softmax regression trained now on the digits data set.
+
+    Input `images` float32 [batch, 64] (an 8x8 picture row by row, grey levels 0..16);
+    outputs `probabilities` [batch, 10] and `classes` int64 [batch]. Signatures:
+    serving_default (predict) and `classify` (tf.Examples with a 64-value `pixels`
+    feature, answering the labels "0".."9" with their scores)."""
+    import numpy as np
+    from onnx import TensorProto, checker, helper, numpy_helper
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    train_x, train_y, _, _ = digits_data()
+    scale = 1.0 / 16.0
+    classifier = LogisticRegression(max_iter=2000, C=1.0)
+    # One BLAS thread: a problem this small (1,348 x 64) runs ~30x slower when its
+    # threads compete with the node's other processes for the cores.
+    with threadpool_limits(limits=1):
+        classifier.fit(train_x * scale, train_y)
+    weights = classifier.coef_.T.astype(np.float32)  # [64, 10]
+    bias = classifier.intercept_.astype(np.float32)  # [10]
+
+    nodes = [
+        helper.make_node("Mul", ["images", "scale"], ["scaled"]),
+        helper.make_node("Gemm", ["scaled", "weights", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["classes"], axis=1, keepdims=0),
+        # The classify signature's labels, 0..9 for every example of the batch (numbers,
+        # not strings: every runtime handles int64 tensors; TF Serving's classify
+        # answers them as the labels "0".."9").
+        helper.make_node("Shape", ["images"], ["images_shape"]),
+        helper.make_node("Gather", ["images_shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Concat", ["batch", "ten"], ["labels_shape"], axis=0),
+        helper.make_node("Expand", ["labels", "labels_shape"], ["class_labels"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "digits",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", DIGITS_PIXELS])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", DIGITS_CLASSES]),
+            helper.make_tensor_value_info("classes", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("class_labels", TensorProto.INT64, ["batch", DIGITS_CLASSES]),
+        ],
+        initializer=[
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(bias, "bias"),
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("ten", TensorProto.INT64, [1], [DIGITS_CLASSES]),
+            helper.make_tensor("labels", TensorProto.INT64, [1, DIGITS_CLASSES], list(range(DIGITS_CLASSES))),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="inference-agent")
+    model.ir_version = 8
+    signatures = {
+        "serving_default": {
+            "method_name": PREDICT,
+            "inputs": {"images": "images"},
+            "outputs": {"probabilities": "probabilities", "classes": "classes"},
+        },
+        "classify": {
+            "method_name": CLASSIFY,
+            "features": {"pixels": "images"},
+            "outputs": {"scores": "probabilities", "classes": "class_labels"},
+        },
+    }
+    helper.set_model_props(model, {SIGNATURES_KEY: json.dumps(signatures)})
+    checker.check_model(model, full_check=True)
+    return model
+
+
+_BUILDERS = {"half_plus_two": half_plus_two_model, "resnet": resnet_model, "digits": digits_model}
 
 
 def _write_version(model_dir: Path, name: str) -> Path:

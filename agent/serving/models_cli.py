@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="models_command", required=True)
     install = sub.add_parser(
         "install-builtin",
-        help="write the built-in models (half_plus_two, resnet) as DIR/<name>/1/model.onnx",
+        help="write the built-in models (half_plus_two, resnet, digits) as DIR/<name>/1/model.onnx",
         description="Write the built-in models in TF Serving layout; existing versions are left alone.",
     )
     install.add_argument("dir", type=Path, help="models root, e.g. <data-dir>/models")

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from google.protobuf import json_format
 
-from agent.serving import inference, limits, rest_codec
+from agent.serving import inference, limits, oip_rest, rest_codec
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
 from agent.serving.manager import ModelManager
@@ -71,6 +71,7 @@ class RestApi:
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=self._max_body)
+        oip_rest.add_routes(app, self._manager, self._executor, self._admission)  # the Open Inference Protocol's /v2 paths
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 

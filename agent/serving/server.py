@@ -19,6 +19,7 @@ from agent.serving import limits
 from agent.serving.grpc_api import add_services, channel_options
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
+from agent.serving.oip_grpc import add_service as add_oip_service
 from agent.serving.rest import RestApi
 from agent.serving.runtime import RuntimeOptions
 from agent.serving.servable import Servable
@@ -112,6 +113,7 @@ class ModelServer:
         self._grpc = grpc.aio.server(options=channel_options(o.max_request_bytes),
                                      maximum_concurrent_rpcs=limits.MAX_GRPC_RPCS)
         add_services(self._grpc, self.manager, self._inference, self._admission)
+        add_oip_service(self._grpc, self.manager, self._inference, self._admission)
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()
