@@ -83,6 +83,11 @@ class Reconciler:
         self._switch_started: float | None = None
         self._switch_ready_at: float | None = None
 
+    @property
+    def applied_tree(self) -> dict | None:
+        """The metadata tree in force."""
+        return self._applied_tree
+
     def reject(self, snap: Snapshot, reasons: list[str]) -> None:
         """Record a refused snapshot: logged, counted, shown in status."""
         self.status.last_rejection = Rejection(time.time(), snap.source, snap.version, reasons)
