@@ -111,6 +111,7 @@ class Agent:
             await asyncio.shield(self._shutdown())
 
     async def _shutdown(self) -> None:
+        await self.reconciler.close()
         for runner in (self._console, self._control):
             if runner is not None:
                 await runner.cleanup()

@@ -55,6 +55,7 @@ def make_plan(
         argv = server_argv(
             resolve_backend(state.params.serving_backend), paths.models_config, state.me.ip,
             SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),
+            admin_socket=paths.serving_admin_socket, models_root=paths.models,
         )
         processes.append(ProcessSpec(MODEL_SERVER, tuple(argv), paths.logs / MODEL_SERVER_LOG))
     return NodePlan(state, tuple(files), tuple(processes), serving_models)

@@ -18,6 +18,7 @@ from agent.serving.protos import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+from tests.node import wait_for
 from tests.serving_support import Server, copy_builtin, jpeg_bytes, predict_half_plus_two, write_config
 
 OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -32,7 +33,7 @@ def server(tmp_path_factory):
     config = root / "models.config"
     write_config(config, [{"name": "half_plus_two", "base_path": models / "half_plus_two"},
                           {"name": "resnet", "base_path": models / "resnet"}])
-    s = Server(config).start()
+    s = Server(config, models_root=models).start()
     s.models = models
     s.wait_available("half_plus_two")
     s.wait_available("resnet")
@@ -143,25 +144,51 @@ def test_model_metadata_and_status(channel):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reload_config_request_switches_models(server, channel):
+def test_reload_is_refused_on_the_network_port(server, channel):
     models = model_service_pb2_grpc.ModelServiceStub(channel)
     request = model_management_pb2.ReloadConfigRequest()
-    config = request.config.model_config_list.config.add()
-    config.name, config.base_path, config.model_platform = "hpt", str(server.models / "half_plus_two"), "tensorflow"
-    config = request.config.model_config_list.config.add()
-    config.name, config.base_path = "resnet", str(server.models / "resnet")
-    assert models.HandleReloadConfigRequest(request).status.error_code == 0
-    # The reply comes once the new model is loaded and the dropped one unloaded.
-    assert predict_half_plus_two(server, "hpt")[0] == 200
-    assert predict_half_plus_two(server, "half_plus_two")[0] == 404
-    request.config.model_config_list.config[0].name = "half_plus_two"
-    assert models.HandleReloadConfigRequest(request).status.error_code == 0
+    request.config.model_config_list.config.add(name="gone", base_path=str(server.models / "half_plus_two"))
+    with pytest.raises(grpc.RpcError) as err:
+        models.HandleReloadConfigRequest(request)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "local admin socket" in err.value.details()
+    # Nothing changed: the served models are still there.
     assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
-    bad = model_management_pb2.ReloadConfigRequest()
-    bad.config.model_config_list.config.add(name="x")
-    response = models.HandleReloadConfigRequest(bad)
-    assert response.status.error_code == 3 and "base_path" in response.status.error_message
-    assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
+    assert server.states("gone") == {}
+
+
+def test_reload_config_request_switches_models_on_the_admin_socket(server):
+    import stat
+
+    assert stat.S_IMODE(server.admin_socket.stat().st_mode) == 0o600
+    with grpc.insecure_channel(f"unix:{server.admin_socket}", options=OPTIONS) as admin:
+        models = model_service_pb2_grpc.ModelServiceStub(admin)
+        request = model_management_pb2.ReloadConfigRequest()
+        config = request.config.model_config_list.config.add()
+        config.name, config.base_path, config.model_platform = "hpt", str(server.models / "half_plus_two"), "tensorflow"
+        config = request.config.model_config_list.config.add()
+        config.name, config.base_path = "resnet", str(server.models / "resnet")
+        assert models.HandleReloadConfigRequest(request).status.error_code == 0
+        # The reply comes once the new model is loaded and the dropped one unloaded.
+        assert predict_half_plus_two(server, "hpt")[0] == 200
+        assert predict_half_plus_two(server, "half_plus_two")[0] == 404
+        request.config.model_config_list.config[0].name = "half_plus_two"
+        assert models.HandleReloadConfigRequest(request).status.error_code == 0
+        assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
+        bad = model_management_pb2.ReloadConfigRequest()
+        bad.config.model_config_list.config.add(name="x")
+        response = models.HandleReloadConfigRequest(bad)
+        assert response.status.error_code == 3 and "base_path" in response.status.error_message
+        # A base_path outside the models root, directly or through "..", is refused whole.
+        for outside in ("/etc", str(server.models / ".." / "..")):
+            escape = model_management_pb2.ReloadConfigRequest()
+            escape.CopyFrom(request)
+            escape.config.model_config_list.config[1].base_path = outside
+            response = models.HandleReloadConfigRequest(escape)
+            assert response.status.error_code == 3, outside
+            assert "outside the models root" in response.status.error_message
+        assert server.states("resnet") == {1: "AVAILABLE"}
+        assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
 
 
 def test_predict_on_a_classify_signature_takes_serialized_examples(channel):
@@ -176,3 +203,17 @@ def test_predict_on_a_classify_signature_takes_serialized_examples(channel):
     blobs = tensors.from_ndarray(np.array(examples, dtype=object))
     response = stub.Predict(predict_request("half_plus_two", {"inputs": blobs}, signature="classify_x_to_y"))
     np.testing.assert_array_equal(tensors.to_ndarray(response.outputs["scores"]), [[3.0], [5.0]])
+
+
+def test_a_models_config_file_naming_a_path_outside_the_models_root_is_refused(server):
+    original = server.config.read_text()
+    log_before = server.log.read_text()
+    try:
+        write_config(server.config, [{"name": "half_plus_two", "base_path": server.models / "half_plus_two"},
+                                     {"name": "passwd", "base_path": "/etc"}])
+        wait_for(lambda: server.log.read_text()[len(log_before):].count("outside the models root"), 10,
+                 what="the config poll to refuse the file")
+        assert server.states("passwd") == {}
+        assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
+    finally:
+        server.config.write_text(original)

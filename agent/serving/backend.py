@@ -31,10 +31,13 @@ def server_argv(
     rest_port: int,
     threads: int | None,
     poll_seconds: int = 1,
+    admin_socket: Path | None = None,
+    models_root: Path | None = None,
 ) -> list[str]:
     """The command that runs the model server of `backend` on models_config.
 
-    tensorflow_model_server has no bind-address flag: it listens on every address."""
+    tensorflow_model_server has no bind-address flag: it listens on every address; nor
+    an admin socket or a models root (agent/serving/admin.py)."""
     common = [
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
@@ -51,5 +54,15 @@ def server_argv(
         argv = [sys.executable, "-m", "agent", "serve", f"--host={host}", *common]
         if threads:
             argv.append(f"--intra_op_threads={threads}")
+        if admin_socket is not None:
+            argv.append(f"--admin_socket={admin_socket}")
+        if models_root is not None:
+            argv.append(f"--models_root={models_root}")
         return argv
     raise ValueError(f"unknown model server backend {backend!r}")
+
+
+def admin_target(backend: str, admin_socket: Path, host: str, grpc_port: int) -> str:
+    """Where the agent sends the model server's admin calls: the built-in server's
+    local admin socket, or TF Serving's gRPC port (it has no other)."""
+    return f"unix:{admin_socket}" if backend == BUILTIN else f"{host}:{grpc_port}"

@@ -1,7 +1,7 @@
 """`inference-agent serve`: the built-in model server, with tensorflow_model_server's flags
 (--port, --rest_api_port, --model_config_file, --model_config_file_poll_wait_seconds,
---file_system_poll_wait_seconds, --model_name, --model_base_path) plus --host and
---intra_op_threads. Logs go to stderr; SIGTERM stops it cleanly."""
+--file_system_poll_wait_seconds, --model_name, --model_base_path) plus --host,
+--intra_op_threads, --admin_socket and --models_root. Logs go to stderr; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--intra_op_threads", type=int, default=0, help="threads per inference (default: the CPU count)"
     )
+    parser.add_argument("--admin_socket", type=Path,
+                        help="serve admin calls (HandleReloadConfigRequest) on this unix socket, mode 0600; "
+                             "the network ports always refuse them")
+    parser.add_argument("--models_root", type=Path,
+                        help="refuse any config whose base_path lies outside this directory")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -53,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         threads=max(0, args.intra_op_threads),
         model_name=args.model_name,
         model_base_path=args.model_base_path,
+        admin_socket=args.admin_socket.absolute() if args.admin_socket else None,
+        models_root=args.models_root.absolute() if args.models_root else None,
     )
     return asyncio.run(_serve(options))
 
