@@ -217,3 +217,40 @@ def test_a_models_config_file_naming_a_path_outside_the_models_root_is_refused(s
         assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
     finally:
         server.config.write_text(original)
+
+
+def test_a_model_being_loaded_answers_unavailable_never_not_found(server, channel):
+    """During a switch a node has the new model configured before it is loaded: it
+    answers UNAVAILABLE (REST 503), which Envoy retries on a node that has it."""
+    import threading
+
+    copy_builtin(server.models, "resnet", as_name="resnet_b")
+    with grpc.insecure_channel(f"unix:{server.admin_socket}", options=OPTIONS) as admin:
+        models = model_service_pb2_grpc.ModelServiceStub(admin)
+        request = model_management_pb2.ReloadConfigRequest()
+        for name in ("half_plus_two", "resnet", "resnet_b"):
+            request.config.model_config_list.config.add(name=name, base_path=str(server.models / name))
+        answer = {}
+        reload = threading.Thread(target=lambda: answer.update(r=models.HandleReloadConfigRequest(request, timeout=60)))
+        reload.start()
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "resnet_b"
+        wait_for(lambda: status_stub.GetModelStatus(status_request), 30, 0.001, "resnet_b known to the server")
+        pixels = tensors.from_ndarray_content(np.zeros((1, 224, 224, 3), dtype=np.uint8))
+        seen = []
+        while True:
+            for version in (None, 1):
+                try:
+                    stub.Predict(predict_request("resnet_b", {"image_bytes": pixels}, version=version), timeout=30)
+                    seen.append("OK")
+                except grpc.RpcError as e:
+                    seen.append(e.code().name)
+                seen.append(server.post("/v1/models/resnet_b:predict", {"instances": [[[[0, 0, 0]]]]})[0])
+            if "AVAILABLE" in server.states("resnet_b").values():
+                break
+        reload.join()
+    assert answer["r"].status.error_code == 0
+    assert "NOT_FOUND" not in seen and 404 not in seen, seen
+    assert "UNAVAILABLE" in seen and 503 in seen, seen  # the load was caught in progress
