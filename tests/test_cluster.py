@@ -16,7 +16,7 @@ import time
 import pytest
 
 from agent.commands_cli.up import cluster_trees
-from tests.load import Load
+from tests.load import GrpcLoad, Load
 from tests.node import Node, http, predict, wait_for
 
 pytestmark = pytest.mark.slow
@@ -172,6 +172,50 @@ async def test_model_switch_under_load_fails_no_request(cluster):
             await new_clients.wait_requests(100)
     assert old_clients.result.failed == 0, old_clients.result
     assert new_clients.result.failed == 0, new_clients.result
+
+
+async def test_switch_to_resnet_and_back_fails_no_rest_or_grpc_request(cluster):
+    """8 REST and 8 gRPC clients on the entry node through half_plus_two -> resnet ->
+    half_plus_two. Clients name the new model as soon as the cluster reports it
+    AVAILABLE (as a user would) and every answer counts, on both names."""
+    entry = cluster.entry
+    async with Load(entry.ip, concurrency=8) as rest, GrpcLoad(entry.ip, concurrency=8) as grpc_load:
+        await rest.wait_requests(50)
+        await grpc_load.wait_requests(50)
+        for old, new in (("half_plus_two", "resnet"), ("resnet", "half_plus_two")):
+            written = time.monotonic()
+            cluster.update_all(lambda t: t["env"].update({"model.name": new}))
+            await asyncio.to_thread(wait_for, lambda: b"AVAILABLE" in http(
+                "GET", f"http://{entry.ip}:8080/v1/models/{new}")[1], 60, 0.05, f"{new} available")
+            print(f"{old} -> {new}: reported AVAILABLE {time.monotonic() - written:.2f}s after the write")
+            rest.model = grpc_load.model = new
+            await rest.wait_requests(30, timeout=120)
+            await grpc_load.wait_requests(30, timeout=120)
+            await asyncio.to_thread(wait_for, lambda: all(
+                http("GET", f"http://{n.ip}:8501/v1/models/{old}")[0] == 404 for n in cluster.nodes),
+                60, 0.2, f"{old} unloaded everywhere")
+            print(f"{old} -> {new}: unloaded everywhere {time.monotonic() - written:.2f}s after the write")
+            await rest.wait_requests(30, timeout=120)
+            await grpc_load.wait_requests(30, timeout=120)
+    print(f"REST: {rest.result}; gRPC: {grpc_load.result}")
+    assert rest.result.failed == 0, rest.result
+    assert grpc_load.result.failed == 0, grpc_load.result
+    # Every agent told its model server over the local admin socket, not on its poll.
+    for n in cluster.nodes:
+        await asyncio.to_thread(wait_for, lambda: '"model_server.reloaded"' in n.stderr(), 10, 0.1,
+                                f"{n.ip}'s agent reloading its model server")
+    # The same call from the network is refused, and changes nothing.
+    import grpc
+
+    from agent.serving.protos import model_management_pb2, model_service_pb2_grpc
+
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.add(name="x", base_path=str(entry.data_dir / "models" / "resnet"))
+    with grpc.insecure_channel(f"{entry.ip}:8500") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert predict(entry.ip)[0] == 200
 
 
 async def test_agent_restart_access_log_toggle_and_port_change_fail_no_request(cluster):
