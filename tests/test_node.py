@@ -89,27 +89,50 @@ def test_http_port_change_moves_the_listener_live(node):
     wait_for(lambda: predict(node.ip, 8080)[0] == 0, 15, what="old listener to close")
 
 
+# Envoy writes its access log every second (--file-flush-interval-msec 1000): a wait of
+# three intervals is long enough to see every line of requests already answered.
+FLUSH_WAIT = 3.0
+
+
+def predict_marked(node, marker: str) -> int:
+    """The seed's predict with `marker` as User-Agent (the access log shows it)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{node.ip}:8080/v1/models/half_plus_two:predict",
+                                 data=json.dumps({"instances": [1.0]}).encode(), headers={"User-Agent": marker})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status
+
+
 def test_access_log_toggle_names_the_upstream(node):
     access_log = node.data_dir / "logs" / "envoy.log"
-    tree = copy.deepcopy(node.tree)
-    tree["env"]["enable.access.log"] = "true"
-    node.update(tree)
 
-    def logged_with_upstream():
-        predict(node.ip)
-        return access_log.exists() and f"upstream={node.ip}:8501" in access_log.read_text()
+    def lines(marker: str) -> list[str]:
+        text = access_log.read_text() if access_log.exists() else ""
+        return [line for line in text.splitlines() if f'"{marker}"' in line]
 
-    wait_for(logged_with_upstream, 10, 0.2, "access-log lines naming the upstream")
-    tree = copy.deepcopy(tree)
-    tree["env"]["enable.access.log"] = "false"
-    node.update(tree)
-    wait_for(lambda: node.status()["params"]["enable.access.log"] is False, 5, what="toggle off applied")
-    time.sleep(0.5)  # let requests on the old listener config drain
-    size = access_log.stat().st_size
+    def toggle(on: bool) -> None:
+        tree = copy.deepcopy(node.tree)
+        tree["env"]["enable.access.log"] = "true" if on else "false"
+        node.update(tree)
+        wait_for(lambda: node.status()["params"]["enable.access.log"] is on and node.status()["up_to_date"], 10,
+                 0.1, f"access log {'on' if on else 'off'} applied")
+
+    toggle(True)
+    # On: lines appear, naming the upstream (waited for until there).
+    wait_for(lambda: predict_marked(node, "first-on") == 200 and lines("first-on"), 10, 0.2, "access-log lines")
+    assert f"upstream={node.ip}:8501" in lines("first-on")[0]
+    # The positive control of the check below: the same requests and the same wait,
+    # with the log on, do show their lines.
     for _ in range(5):
-        assert predict(node.ip)[0] == 200
-    time.sleep(0.5)
-    assert access_log.stat().st_size == size
+        assert predict_marked(node, "control-on") == 200
+    time.sleep(FLUSH_WAIT)
+    assert len(lines("control-on")) == 5
+    toggle(False)
+    for _ in range(5):
+        assert predict_marked(node, "while-off") == 200
+    time.sleep(FLUSH_WAIT)  # "no line" can only be seen by waiting past the flush interval
+    assert lines("while-off") == []
 
 
 INVALID = [
