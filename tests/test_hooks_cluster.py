@@ -100,8 +100,10 @@ async def test_stop_drains_the_node_and_start_brings_it_back_with_no_failed_requ
         await load.wait_requests(100)
         stop = await asyncio.to_thread(run_hook, n2.data_dir, "stop", {})
         assert stop.code == ExitCode.OK, stop.stderr
-        assert "the cluster's Envoys saw the node fail its health check" in stop.stdout, stop.stdout
-        assert "0 request(s) still in flight" in stop.stdout
+        # What the agent can observe: its own Envoy saw the node fail its checks. That the
+        # other Envoys (node 1's, which the load goes through) stopped sending it requests
+        # in time is shown by the load, which counts every failure.
+        assert "this node's Envoy saw it fail its health check" in stop.stdout, stop.stdout
         await load.wait_requests(100)
         assert cluster.healthy_in(n1) == {n1.ip, n3.ip}
 
