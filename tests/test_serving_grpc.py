@@ -115,7 +115,7 @@ def test_resnet_takes_jpeg_strings_and_raw_pixel_batches(server, channel):
     response = stub.Predict(predict_request("resnet", {"image_bytes": hand_tensor(pixels)}))
     session = ort.InferenceSession(str(server.models / "resnet" / "1" / "model.onnx"))
     probabilities, classes = session.run(["probabilities", "classes"], {"image_bytes": pixels})
-    np.testing.assert_allclose(hand_floats(response.outputs["probabilities"]), probabilities, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(hand_floats(response.outputs["probabilities"]), probabilities, rtol=1e-4, atol=1e-8)
     got_classes = response.outputs["classes"]
     assert [d.size for d in got_classes.tensor_shape.dim] == [2]
     assert (list(got_classes.int64_val) or np.frombuffer(got_classes.tensor_content, "<i8").tolist()) == classes.tolist()

@@ -84,7 +84,7 @@ def test_jpeg_and_png_as_b64_give_resnet_class_scores(server):
                               {"instances": [b64(png.getvalue()), b64(jpeg_bytes()), b64(jpeg_bytes(64, 48, fmt="PNG"))]})
     assert status == 200, doc
     assert len(doc["predictions"]) == 3
-    np.testing.assert_allclose(doc["predictions"][0]["probabilities"], probabilities[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(doc["predictions"][0]["probabilities"], probabilities[0], rtol=1e-4, atol=1e-8)
     assert doc["predictions"][0]["classes"] == int(classes[0])
     for row in doc["predictions"][1:]:  # decoded and resized by the server: well-formed scores
         assert len(row["probabilities"]) == 1000 and abs(sum(row["probabilities"]) - 1) < 1e-3
