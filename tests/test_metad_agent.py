@@ -43,6 +43,7 @@ async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_f
         assert "lifecycle-ran" in (data_dir / "logs" / "app.log").read_text()
 
         # metad goes away: traffic flows, the agent waits without spinning.
+        outage_began = time.time()
         await metad.stop()
         await until(lambda: agent.status()["source_stale_since"], 30, "the agent to notice the outage")
         cpu_before = agent.cpu_seconds()
@@ -51,7 +52,7 @@ async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_f
             await asyncio.sleep(0.2)
         assert agent.cpu_seconds() - cpu_before < 0.2  # about 3 s of outage: near zero CPU
         stale_since = agent.status()["source_stale_since"]
-        assert stale_since and time.time() - 10 < stale_since < time.time()
+        assert stale_since and outage_began <= stale_since <= time.time()  # since the outage, not before
 
         # It comes back (counter reset) with a change made meanwhile: applied at once
         # (bench/propagation.py measures how fast; the bound here only catches a hang).
