@@ -2,7 +2,8 @@
 hooks and tests. Only the agent's own user can reach it.
 
     GET  /status              the agent's status, with the lifecycle's (stopped, draining)
-    GET  /health              health report (agent/health.py)
+    GET  /health              health report (agent/health.py), for the metadata the
+                              source holds now (`?catch_up=s` bounds that wait)
     POST /health/repair       restart what is broken; returns what was restarted
     GET  /monitor             the monitor items (agent/monitor.py)
     POST /drain               {"timeout": s}: fail health checks, wait for in-flight requests
@@ -14,6 +15,9 @@ hooks and tests. Only the agent's own user can reach it.
     POST /scale/out           {"timeout": s}: scale-out on an existing node
 
 Scale answers carry `code`: 0, or the hook exit code of the refusal (agent/lifecycle.py).
+Every answer that depends on the cluster (health, repair, scale) first brings the agent
+up to date with its metadata source (`Agent.catch_up`): the platform calls a hook right
+after writing metadata, and the answer must be for that write, not the one before.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ if TYPE_CHECKING:
 logger = log.get(__name__)
 
 MAX_TIMEOUT = 86400.0
+# /health waits at most this long for the agent to apply what the source holds now; the
+# health-check hook has 8 s in all. Past it, the report says the metadata is not applied.
+HEALTH_CATCH_UP = 4.0
 
 
 class BadRequest(ValueError):
@@ -90,13 +97,17 @@ def create_control_app(agent: "Agent") -> web.Application:
     async def get_status(_request: web.Request) -> web.Response:
         return web.json_response({**agent.status_dict(), "lifecycle": lifecycle.status()})
 
+    async def checked(request: web.Request) -> "health.HealthReport":
+        problem = await agent.catch_up(_query_seconds(request, "catch_up", HEALTH_CATCH_UP))
+        return await health.check(agent, lifecycle, extra=problem)
+
     @routes.get("/health")
-    async def get_health(_request: web.Request) -> web.Response:
-        return web.json_response((await health.check(agent, lifecycle)).to_dict())
+    async def get_health(request: web.Request) -> web.Response:
+        return web.json_response((await checked(request)).to_dict())
 
     @routes.post("/health/repair")
-    async def post_repair(_request: web.Request) -> web.Response:
-        report = await health.check(agent, lifecycle)
+    async def post_repair(request: web.Request) -> web.Response:
+        report = await checked(request)
         restarted = await health.repair(agent, lifecycle, report)
         return web.json_response({"restarted": restarted, "before": report.to_dict()})
 

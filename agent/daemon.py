@@ -18,6 +18,7 @@ from agent.console import ConsoleContext, start_console
 from agent.console.guard import server_ssl_context
 from agent.control import create_control_app, start_control
 from agent.files import remove_stale_staging
+from agent.health import metadata_problem
 from agent.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
@@ -41,6 +42,8 @@ QUIET = 0.05
 MAX_WAIT = 0.5
 # While an apply is not final (a model switch in progress), re-apply this often.
 PENDING_RETRY = 0.5
+# A fresh read of the source for `catch_up` gives up after this long.
+READ_TIMEOUT = 10.0
 
 
 # asyncio.timeout rather than wait_for below: on Python 3.11 wait_for can swallow a
@@ -72,6 +75,13 @@ class Agent:
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
         self._latest: Snapshot | None = None
+        # Every snapshot handed to the apply loop gets the next number; `_attempt` is the
+        # number of the last one the apply loop took (applied or refused), `_attempt_ok`
+        # whether it is in force. `catch_up` waits on `_attempted` for its number.
+        self._seq = 0
+        self._attempt = 0
+        self._attempt_ok = False
+        self._attempted = asyncio.Condition()
         self._saved_tree: dict | None = None
         self._changed = asyncio.Event()
         self._control: web.AppRunner | None = None
@@ -135,6 +145,7 @@ class Agent:
                 logger.exception("envoy.drift_check_failed")
 
     async def _shutdown(self) -> None:
+        await self.reconciler.close()
         for runner in (self._console, self._control):
             if runner is not None:
                 await runner.cleanup()
@@ -144,8 +155,55 @@ class Agent:
 
     async def _consume(self) -> None:
         async for snap in with_fallback(self.source, self.last_good):
-            self._latest = snap
-            self._changed.set()
+            self._offer(snap)
+
+    def _offer(self, snap: Snapshot) -> int:
+        """Hand `snap` to the apply loop; returns its number."""
+        self._seq += 1
+        self._latest = snap
+        self._changed.set()
+        return self._seq
+
+    async def catch_up(self, timeout: float) -> str | None:
+        """Bring this agent up to date with its source before answering for the cluster:
+        read the source afresh and wait until that tree is the one in force. None when it
+        is, else why not (source unreadable, tree refused, not applied within `timeout`).
+
+        The platform calls a hook right after writing metadata; the source's stream may
+        not have delivered that write yet, so the fresh read is what the hook answers
+        for. If the stream then delivers an older tree that was in flight, the loop reads
+        again, so the answer is never for older metadata than the platform wrote."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    snap = await self.source.read()
+            except TimeoutError:
+                return f"no answer from the metadata source {self.source.description} within {timeout:.0f}s"
+            if snap.error or snap.tree is None:
+                return f"cannot read the metadata source {self.source.description}: {snap.error or 'no tree'}"
+            latest = self._latest
+            if latest is not None and latest.tree == snap.tree and not latest.stale:
+                target = self._seq
+            else:
+                target = self._offer(snap)
+            try:
+                async with asyncio.timeout_at(deadline), self._attempted:
+                    await self._attempted.wait_for(lambda: self._attempt >= target)
+            except TimeoutError:
+                return (f"metadata version {snap.version} read from {self.source.description} "
+                        f"not applied within {timeout:.0f}s")
+            if not self._attempt_ok:
+                return metadata_problem(self) or f"metadata version {snap.version} not applied"
+            if self.reconciler.applied_tree == snap.tree:
+                return None
+            # A different tree was applied after the read (an older one in flight, or a
+            # newer write): read again.
+
+    async def _attempted_upto(self, seq: int, ok: bool) -> None:
+        async with self._attempted:
+            self._attempt, self._attempt_ok = seq, ok
+            self._attempted.notify_all()
 
     async def _quiesce(self) -> None:
         first = time.monotonic()
@@ -171,7 +229,7 @@ class Agent:
             else:
                 await self._changed.wait()
             await self._quiesce()
-            snap = self._latest
+            snap, seq = self._latest, self._seq
             if snap is None:
                 continue
             try:
@@ -180,7 +238,9 @@ class Agent:
                 logger.exception("reconcile.failed", version=snap.version, source=snap.source)
                 self.metrics.reconciles.labels("failed").inc()
                 self.reconciler.pending = True
+                await self._attempted_upto(seq, False)
                 continue
+            await self._attempted_upto(seq, state is not None)
             if state is None:
                 continue
             structlog.contextvars.bind_contextvars(node=state.me.instance_id, ip=state.me.ip)

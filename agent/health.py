@@ -62,15 +62,16 @@ def metadata_problem(agent: "Agent") -> str | None:
     return None
 
 
-async def check(agent: "Agent", lifecycle: "Lifecycle") -> HealthReport:
-    """Check this node now."""
+async def check(agent: "Agent", lifecycle: "Lifecycle", extra: str | None = None) -> HealthReport:
+    """Check this node now; `extra` is why the metadata the source holds is not in
+    force (from `Agent.catch_up`), if it is not."""
     state = agent.reconciler.state
     reasons: list[str] = []
     if lifecycle.stopped:
         reasons.append("services are stopped (platform stop); run start")
     if lifecycle.draining:
         reasons.append("the node is draining")
-    problem = metadata_problem(agent)
+    problem = metadata_problem(agent) or extra
     applied = problem is None
     if problem:
         reasons.append(problem)

@@ -246,9 +246,14 @@ async def hook_stop(hook: Hook) -> int:
 def _drained(drain: dict | None) -> str:
     if not drain:
         return ""
-    seen = ("the cluster's Envoys saw the node fail its health check" if drain["detected"]
-            else "its health check did not fail in time")
-    return f" after draining {drain['seconds']}s ({seen}; {drain['in_flight']} request(s) still in flight)"
+    from agent.lifecycle import PEER_MARGIN
+
+    # Only this node's Envoy can be asked (the others' admin is on their loopback): say
+    # what it saw, and that the others were given a margin, no more.
+    seen = ("this node's Envoy saw it fail its health check; the other Envoys were given "
+            f"{PEER_MARGIN:g}s more" if drain["detected"] else "its health check did not fail in time")
+    return (f" after draining {drain['seconds']}s ({seen}; "
+            f"{drain['in_flight']} request(s) from this node's Envoy still in flight)")
 
 
 async def hook_restart(hook: Hook) -> int:

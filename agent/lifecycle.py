@@ -307,10 +307,14 @@ class Lifecycle:
     # --- scaling -------------------------------------------------------------------
 
     async def wait_applied(self, timeout: float) -> Verdict:
-        """Wait until the agent applied the newest metadata it received."""
-        if await _wait_until(lambda: metadata_problem(self.agent) is None, time.monotonic() + timeout):
+        """Bring the agent up to date with its source (a fresh read, applied), so the
+        answer is for the metadata the platform wrote before calling the hook."""
+        problem = await self.agent.catch_up(timeout)
+        if problem is None:
+            problem = metadata_problem(self.agent)
+        if problem is None:
             return Verdict(0, "metadata applied")
-        return Verdict(Refusal.METADATA_NOT_APPLIED, f"this node: {metadata_problem(self.agent)}")
+        return Verdict(Refusal.METADATA_NOT_APPLIED, f"this node: {problem}")
 
     async def scale_in_check(self, timeout: float = 10.0) -> Verdict:
         """The scale-in pre-check: refuse to remove every serving node, or to remove

@@ -83,6 +83,11 @@ class Paths:
     def control_socket(self) -> Path:
         return self.run / "agent.sock"
 
+    @property
+    def serving_admin_socket(self) -> Path:
+        """The built-in model server's admin channel (reload), for the agent alone."""
+        return self.run / "serving.sock"
+
     def ensure(self) -> None:
         """Create every directory; state and run are private to the agent's user."""
         for d in (self.models, self.logs, self.envoy_dynamic, self.serving_conf):

@@ -62,6 +62,7 @@ def make_plan(
             resolve_backend(state.params.serving_backend), paths.models_config, state.me.ip,
             SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),
             builtin_flags=builtin_flags(state.params, paths.data_dir / COMPILE_CACHE_DIR),
+            admin_socket=paths.serving_admin_socket, models_root=paths.models,
         )
         processes.append(ProcessSpec(MODEL_SERVER, tuple(argv), paths.logs / MODEL_SERVER_LOG))
     minio = plan_minio(state, paths)

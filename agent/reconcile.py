@@ -19,9 +19,9 @@ from agent.files import CheckFailed, replace_files
 from agent.metadata import Snapshot
 from agent.metrics import Metrics
 from agent.paths import Paths
-from agent.plan import ENVOY, NodePlan, make_plan
+from agent.plan import ENVOY, MODEL_SERVER, NodePlan, make_plan
 from agent.render import Check, RenderedFile, admin_address
-from agent.state import ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role, parse_cluster_state
+from agent.state import ENVOY_ADMIN_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role, parse_cluster_state
 from agent.status import AgentStatus, Rejection
 from agent.supervisor import ProcessManager
 
@@ -35,6 +35,8 @@ PORT_GRACE = 10.0
 # never longer than MODEL_SWITCH_MAX (a node that cannot load the new model).
 MODEL_LINGER = 5.0
 MODEL_SWITCH_MAX = 300.0
+# A reload answers once the new models are loaded (ResNet takes seconds on a busy node).
+RELOAD_TIMEOUT = 120.0
 
 
 async def model_state(ip: str, name: str, timeout: float = 1.0) -> bool | None:
@@ -82,6 +84,20 @@ class Reconciler:
         self._retired: dict[tuple[str, int], float] = {}  # (kind, port) -> monotonic deadline
         self._switch_started: float | None = None
         self._switch_ready_at: float | None = None
+        # The reload of the model server for the newest models.config (owned; a newer
+        # config supersedes it, close() cancels it).
+        self._reload: asyncio.Task | None = None
+
+    async def close(self) -> None:
+        """Cancel the background work this reconciler started."""
+        if self._reload is not None:
+            self._reload.cancel()
+            await asyncio.gather(self._reload, return_exceptions=True)
+
+    @property
+    def applied_tree(self) -> dict | None:
+        """The metadata tree in force."""
+        return self._applied_tree
 
     def reject(self, snap: Snapshot, reasons: list[str]) -> None:
         """Record a refused snapshot: logged, counted, shown in status."""
@@ -184,7 +200,12 @@ class Reconciler:
         if changed:
             logger.info("files.replaced", files=[str(f.path.relative_to(self.paths.data_dir)) for f in changed])
         if self.supervisor is not None:
+            server_before = self.supervisor.pid(MODEL_SERVER)
             await self.supervisor.ensure(list(plan.processes))
+            models_config = next((f for f in changed if f.path == self.paths.models_config), None)
+            # A server started just now reads the file itself; a running one is told.
+            if models_config is not None and server_before is not None and server_before == self.supervisor.pid(MODEL_SERVER):
+                self._start_reload(plan.state, models_config.content.decode())
         dynamic = {f.path.name: f for f in changed if f.check is Check.ENVOY_DYNAMIC}
         if envoy_live and dynamic:
             try:
@@ -198,12 +219,37 @@ class Reconciler:
                 await replace_files([RenderedFile(p, c, check=Check.NONE) for p, c in previous.items() if c is not None])
                 raise
 
+    def _start_reload(self, state: ClusterState, config_text: str) -> None:
+        """Tell the running model server about the new models.config at once (its own
+        poll of the file stays as the fallback). In the background: the answer comes
+        once the new models are loaded, and the apply loop must not wait for that."""
+        from agent.serving.backend import admin_target, resolve_backend
+
+        if self._reload is not None:
+            self._reload.cancel()  # superseded by this config
+        target = admin_target(resolve_backend(state.params.serving_backend), self.paths.serving_admin_socket,
+                              state.me.ip, SERVING_GRPC_PORT)
+        self._reload = asyncio.create_task(_reload(target, config_text), name="model-server-reload")
+
     def _update_status(self, state: ClusterState) -> None:
         self.status.node = asdict(state.me)
         self.status.params = state.params.public()
         active = {n.instance_id for n in state.active_serving_nodes}
         self.status.serving_nodes = [{**asdict(n), "active": n.instance_id in active} for n in state.serving_nodes]
         self.status.repo_node = asdict(state.repo_node) if state.repo_node else None
+
+
+async def _reload(target: str, config_text: str) -> None:
+    from agent.serving.admin import ReloadFailed, reload_config
+
+    started = time.monotonic()
+    try:
+        await reload_config(target, config_text, RELOAD_TIMEOUT)
+    except (ReloadFailed, ValueError, OSError) as e:
+        # The server's own poll of the file still brings the change, a moment later.
+        logger.warning("model_server.reload_failed", target=target, error=str(e))
+    else:
+        logger.info("model_server.reloaded", target=target, seconds=round(time.monotonic() - started, 3))
 
 
 def _read(path: Path) -> bytes | None:

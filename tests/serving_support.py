@@ -66,12 +66,15 @@ def jpeg_bytes(width: int = 320, height: int = 240, color=(200, 30, 60), fmt: st
 class Server:
     """A real `inference-agent serve` on its own loopback address (ports 8500/8501)."""
 
-    def __init__(self, config: Path, ip: str | None = None, threads: int = 1, extra_args: tuple[str, ...] = ()):
+    def __init__(self, config: Path, ip: str | None = None, threads: int = 1, extra_args: tuple[str, ...] = (),
+                 models_root: Path | None = None):
         self.config = config
-        self.extra_args = extra_args
         self.ip = ip or allocate_loopback_ip()
         self.threads = threads
         self.extra_args = tuple(extra_args)
+        self.models_root = models_root
+        # The admin channel, as the agent runs it: a unix socket next to the config.
+        self.admin_socket = config.with_name("admin.sock")
         self.log = config.with_name("serve.log")
         self.proc: subprocess.Popen | None = None
 
@@ -87,7 +90,9 @@ class Server:
         """Start and wait until the REST port answers."""
         argv = [sys.executable, "-m", "agent", "serve", f"--host={self.ip}", f"--model_config_file={self.config}",
                 "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
-                f"--intra_op_threads={self.threads}", *self.extra_args]
+                f"--intra_op_threads={self.threads}", f"--admin_socket={self.admin_socket}", *self.extra_args]
+        if self.models_root is not None:
+            argv.append(f"--models_root={self.models_root}")
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         wait_for(lambda: self.proc.poll() is not None or http("GET", f"{self.rest}/v1/models/x", timeout=1)[0] != 0,
                  timeout=30, what="model server to listen")

@@ -23,6 +23,8 @@ from agent.console.app import THROTTLE
 from agent.console.tail import MAX_LINE_BYTES, TRUNCATED_MARK, BadFilter, make_matcher, tail_file
 from agent.metrics import Metrics
 from agent.paths import Paths
+from tests.node import wait_for
+from tests.serving_support import Server, copy_builtin, write_config
 
 CONSOLE_PORT = 8090
 
@@ -256,11 +258,10 @@ async def test_follow_streams_new_lines_across_rotation_and_truncation(console: 
         lines, notices, _ = await read_events(resp, 2)
         assert lines == ["last before rotation", "first after rotation"] and notices == ["rotated"]
 
-        # copytruncate: same file, emptied.
-        await asyncio.sleep(0.6)
+        # copytruncate: same file, emptied, then written again (shorter than what was
+        # read, so the follower sees the truncation whenever it looks).
         with open(log_path, "r+") as f:
             f.truncate(0)
-        await asyncio.sleep(0.6)
         with open(log_path, "a") as f:
             f.write("after truncation\n")
         lines, notices, _ = await read_events(resp, 1)
@@ -313,59 +314,53 @@ async def test_shutdown_ends_open_live_streams(node_ip: str, data_dir: Path):
 # ---------------------------------------------------------------- models
 
 
-class TFServingStatusDouble:
-    """Test double of the model server's status API only (GET /v1/models/<name>), for the
-    states a real server passes through too quickly to catch (LOADING, failed loads).
-    The real model server is exercised by the browser test against a whole node."""
-
-    def __init__(self, models: dict[str, list[dict]]):
-        self.models = models
-
-    async def handle(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in self.models:
-            return web.json_response({"error": f"Could not find any versions of model {name}"}, status=404)
-        return web.json_response({"model_version_status": self.models[name]})
-
-    async def start(self, ip: str) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_get("/v1/models/{name}", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, ip, 8501).start()
-        return runner
+def real_model_server(console: "Console", models: list[str]) -> Server:
+    """The real built-in model server on the console's address, serving `models` from
+    the node's model directory (not started)."""
+    config = console.paths.serving_conf / "models.config"
+    write_config(config, [{"name": m, "base_path": console.paths.models / m} for m in models])
+    return Server(config, ip=console.ip)
 
 
-def _version(v: str, state: str, code: str = "OK", message: str = "") -> dict:
-    return {"version": v, "state": state, "status": {"error_code": code, "error_message": message}}
+def _sizes(version: Path) -> tuple[int, int]:
+    files = [p for p in version.rglob("*") if p.is_file()]  # regular files: a FIFO holds no bytes
+    return sum(p.lstat().st_size for p in files), len(files)
 
 
 async def test_models_by_version_with_state_size_and_serving_version(console: Console, http):
+    """Every state the console shows, produced by the real model server: AVAILABLE; a
+    version LOADING for as long as the test wants (its model file is a FIFO, so the
+    server's load blocks reading it until the test closes it); and END with the error of
+    a corrupt file."""
     models = console.paths.models
-    for name, version, size in (("half_plus_two", "1", 1000), ("half_plus_two", "2", 3000), ("resnet", "3", 10)):
-        (models / name / version / "variables").mkdir(parents=True)
-        (models / name / version / "saved_model.pb").write_bytes(b"m" * size)
-        (models / name / version / "variables" / "variables.index").write_bytes(b"i" * 24)
+    copy_builtin(models, "half_plus_two")
+    (models / "resnet" / "3").mkdir(parents=True)
+    (models / "resnet" / "3" / "model.onnx").write_bytes(b"\x08\x07garbage, not a model")
     (models / ".staging-half_plus_two-3").mkdir()  # a sync in progress is not a model
-    double = TFServingStatusDouble({
-        "half_plus_two": [_version("2", "LOADING"), _version("1", "AVAILABLE")],
-        "resnet": [_version("3", "END", "INVALID_ARGUMENT", "could not load")],
-    })
-    runner = await double.start(console.ip)
+    server = await asyncio.to_thread(real_model_server(console, ["half_plus_two", "resnet"]).start)
+    fifo = models / "half_plus_two" / "2" / "model.onnx"
     try:
+        await asyncio.to_thread(server.wait_available, "half_plus_two", 1)
+        fifo.parent.mkdir()
+        os.mkfifo(fifo)
+        await asyncio.to_thread(wait_for, lambda: server.states("half_plus_two") == {2: "LOADING", 1: "AVAILABLE"}
+                                and server.states("resnet") == {3: "END"}, 30, 0.05, "version 2 loading, resnet failed")
         _, body, _ = await get(http, f"{console.base}/api/models")
         by_name = {m["name"]: m for m in json.loads(body)["models"]}
         status, page, _ = await get(http, f"{console.base}/models")
     finally:
-        await runner.cleanup()
+        if fifo.exists():  # end the blocked load (it fails: an empty file), then stop
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        assert await asyncio.to_thread(server.stop) == 0
     assert set(by_name) == {"half_plus_two", "resnet"}
     hpt = by_name["half_plus_two"]
     assert hpt["configured"] and hpt["server"]["loaded"]
     assert [(v["version"], v["state"], v["serving"], v["size"], v["files"]) for v in hpt["versions"]] == [
-        ("2", "LOADING", False, 3024, 2),
-        ("1", "AVAILABLE", True, 1024, 2),
+        ("2", "LOADING", False, *_sizes(models / "half_plus_two" / "2")),
+        ("1", "AVAILABLE", True, *_sizes(models / "half_plus_two" / "1")),
     ]
-    assert by_name["resnet"]["versions"][0]["error"] == "INVALID_ARGUMENT: could not load"
+    error = by_name["resnet"]["versions"][0]["error"]
+    assert error.startswith("UNKNOWN: ") and "not a valid ONNX model" in error, error
     assert status == 200
     assert 'data-version="1" data-state="AVAILABLE"' in page and 'data-version="2" data-state="LOADING"' in page
     assert page.index('id="model-half_plus_two"') < page.index('id="model-resnet"')
@@ -446,7 +441,9 @@ async def test_cluster_page_shows_roles_health_params_and_rejection(console: Con
     console.status["up_to_date"] = False
     config = tmp_path / "envoy.yaml"
     config.write_text(ENVOY_CONFIG.format(ip=console.ip, other=other))
-    double = await TFServingStatusDouble({"half_plus_two": [_version("1", "AVAILABLE")]}).start(console.ip)
+    copy_builtin(console.paths.models, "half_plus_two")
+    server = await asyncio.to_thread(real_model_server(console, ["half_plus_two"]).start)
+    await asyncio.to_thread(server.wait_available, "half_plus_two")
     envoy = await asyncio.create_subprocess_exec(
         "envoy", "-c", str(config), "--use-dynamic-base-id", "--log-level", "error",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -464,7 +461,7 @@ async def test_cluster_page_shows_roles_health_params_and_rejection(console: Con
     finally:
         envoy.terminate()
         await envoy.wait()
-        await double.cleanup()
+        assert await asyncio.to_thread(server.stop) == 0
     assert status == 200
     assert f'data-ip="{console.ip}" data-health="healthy"' in page
     assert f'data-ip="{other}" data-health="unhealthy"' in page

@@ -4,6 +4,7 @@ and a crash never leaves a partial file."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 
 from agent.files import CheckFailed, remove_stale_staging, replace_files
 from agent.render import RenderedFile
+from tests.node import wait_for
 
 
 async def test_only_changed_files_are_replaced(tmp_path):
@@ -52,14 +54,27 @@ async def main():
 asyncio.run(main())
 """
     versions = {(str(i) * 200_000).encode() for i in range(10)}
-    for delay in (0.3, 0.45, 0.6, 0.75):
+    rng = random.Random(12)
+    interrupted = 0  # kills that landed while a staged copy was being written
+    for attempt in range(40):
         proc = subprocess.Popen([sys.executable, "-c", code])
         try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+            # A version is in place before the kill: the check below always has a file to read.
+            wait_for(lambda: target.exists() or proc.poll() is not None, 30, 0.005, "the first write")
+            assert proc.poll() is None
+            try:
+                proc.wait(timeout=rng.uniform(0, 0.05))  # then a kill at a random point
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
             proc.kill()
             proc.wait()
-        if target.exists():
-            assert target.read_bytes() in versions
+        assert target.read_bytes() in versions
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name != "f"]
+        interrupted += bool(leftovers)
         remove_stale_staging([tmp_path])
-        assert [p.name for p in tmp_path.iterdir()] in (["f"], [])
+        assert [p.name for p in tmp_path.iterdir()] == ["f"]
+        target.unlink()
+        if interrupted >= 3 and attempt >= 7:
+            break
+    assert interrupted >= 3, "no kill landed during a write: the check above tested nothing"

@@ -36,31 +36,33 @@ async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_f
         await until(agent.serving, 90, "the node to serve through Envoy")
 
         # A lifecycle command through /self/cmd runs once, logged as the platform does.
-        metad.put("cmd", {"id": "cmd-1", "cmd": "echo lifecycle-ran", "timeout": "30"})
+        cmd_1 = {"id": "cmd-1", "cmd": "echo lifecycle-ran", "timeout": "30"}
+        metad.put("cmd", cmd_1)
         await until(lambda: any("cmd-1 [successful]: echo lifecycle-ran" in line for line in cmd_log(data_dir)),
                     10, "cmd-1 to finish")
         assert "lifecycle-ran" in (data_dir / "logs" / "app.log").read_text()
 
         # metad goes away: traffic flows, the agent waits without spinning.
+        outage_began = time.time()
         await metad.stop()
-        await asyncio.sleep(0.5)
+        await until(lambda: agent.status()["source_stale_since"], 30, "the agent to notice the outage")
         cpu_before = agent.cpu_seconds()
         for _ in range(15):
             assert (await asyncio.to_thread(predict, node_ip))[0] == 200
             await asyncio.sleep(0.2)
         assert agent.cpu_seconds() - cpu_before < 0.2  # about 3 s of outage: near zero CPU
         stale_since = agent.status()["source_stale_since"]
-        assert stale_since and time.time() - 10 < stale_since < time.time()
+        assert stale_since and outage_began <= stale_since <= time.time()  # since the outage, not before
 
-        # It comes back (counter reset) with a change made meanwhile: applied within 1 s.
+        # It comes back (counter reset) with a change made meanwhile: applied at once
+        # (bench/propagation.py measures how fast; the bound here only catches a hang).
         peer = ip_factory()
         changed = add_serving_node(cluster, "i-peer", peer, 2)
+        changed["cmd"] = cmd_1  # the platform leaves the finished command in place
         metad = MetadDouble(changed, host=node_ip, port=metad.port)
         await metad.start()
-        back = time.monotonic()
-        await until(lambda: peer in agent.upstream_hosts(), 2, "the change made during the outage")
-        assert time.monotonic() - back < 1.0
-        await until(lambda: agent.status()["source_stale_since"] is None, 5, "the source to be live again")
+        await until(lambda: peer in agent.upstream_hosts(), 30, "the change made during the outage")
+        await until(lambda: agent.status()["source_stale_since"] is None, 30, "the source to be live again")
 
         # The agent restarts while metad is down: it serves from the last good tree.
         await metad.stop()
@@ -70,13 +72,16 @@ async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_f
         assert peer in agent.upstream_hosts()
         status = agent.status()
         assert status["source_stale_since"] is not None
-        # The command finished before the restart is not run again.
-        await asyncio.sleep(0.3)
-        assert sum("[executing]" in line for line in cmd_log(data_dir)) == 1
         # metad returns with the very tree the node already runs: no longer stale.
         metad = MetadDouble(changed, host=node_ip, port=metad.port)
         await metad.start()
-        await until(lambda: agent.status()["source_stale_since"] is None, 5, "the source to be live again")
+        await until(lambda: agent.status()["source_stale_since"] is None, 30, "the source to be live again")
+        # The command finished before the restart (in the last good tree and in metad
+        # again) is not run again: commands run in order, so once the next one has
+        # finished, cmd-1 would have run before it.
+        metad.put("cmd", {"id": "cmd-2", "cmd": "echo next-ran", "timeout": "30"})
+        await until(lambda: any("cmd-2 [successful]" in line for line in cmd_log(data_dir)), 30, "cmd-2 to finish")
+        assert sum("cmd-1 [executing]" in line for line in cmd_log(data_dir)) == 1, cmd_log(data_dir)
     finally:
         agent.stop()
         await metad.stop()

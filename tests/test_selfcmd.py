@@ -89,13 +89,15 @@ async def test_runs_once_per_id_logging_as_the_platform(node, tmp_path):
         node.runner.submit(cmd)
         await asyncio.sleep(0)
     assert await node.until_finished("c-1") == "successful"
-    node.runner.submit(cmd)
-    await asyncio.sleep(0.2)
+    node.runner.submit(cmd)  # finished: not queued again (commands run in order, so once
+    node.runner.submit(Command("c-2", "true", 60))  # c-2 has finished, c-1 would have run)
+    assert await node.until_finished("c-2") == "successful"
     assert counter.read_text() == "x\n"
     assert [(i, s, c) for i, s, c in node.cmd_log()] == [
-        ("c-1", "executing", cmd.cmd), ("c-1", "successful", cmd.cmd)]
+        ("c-1", "executing", cmd.cmd), ("c-1", "successful", cmd.cmd),
+        ("c-2", "executing", "true"), ("c-2", "successful", "true")]
     assert "hello from c-1\n" in (node.logs / "app.log").read_text()
-    assert node.runner.last_finished_id == "c-1"
+    assert node.runner.last_finished_id == "c-2"
     node.runner.submit(None)  # no /self/cmd at all
 
 
@@ -134,7 +136,10 @@ async def test_timeout_kills_the_whole_process_group(node, tmp_path):
 async def test_commands_wait_their_turn(node, tmp_path):
     order = tmp_path / "order"
     node.runner.submit(Command("a", f"echo a-start >> {order}; sleep 0.3; echo a-end >> {order}", 60))
-    await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not (order.exists() and order.read_text()):  # a is running
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     node.runner.submit(Command("b", f"echo b >> {order}", 60))
     node.runner.submit(Command("a", "echo never", 60))  # still running: not queued again
     assert await node.until_finished("b") == "successful"

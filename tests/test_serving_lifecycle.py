@@ -51,31 +51,35 @@ def test_model_switch_loads_the_new_model_before_unloading_the_old(models, confi
     server = server_factory([{"name": "half_plus_two", "base_path": old}])
     server.wait_available("half_plus_two")
 
-    samples = []  # (old model answered, new model AVAILABLE), in order
+    samples = []  # (when, old model answered, new model AVAILABLE), in order
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
             old_ok = predict_half_plus_two(server)[0] == 200
-            samples.append((old_ok, "AVAILABLE" in server.states("resnet").values()))
+            samples.append((time.monotonic(), old_ok, "AVAILABLE" in server.states("resnet").values()))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        time.sleep(0.3)
+        wait_for(lambda: len(samples) >= 3, 10, 0.01, "samples before the switch")
         # As the agent does: both models listed, then only the new one.
         write_config(config, [{"name": "half_plus_two", "base_path": old}, {"name": "resnet", "base_path": new}])
         server.wait_available("resnet")
+        dropped_at = time.monotonic()
         write_config(config, [{"name": "resnet", "base_path": new}])
         wait_for(lambda: server.states("half_plus_two") == {}, timeout=30, what="old model unloaded")
-        time.sleep(0.2)
+        unloaded = len(samples)
+        wait_for(lambda: len(samples) >= unloaded + 3, 10, 0.01, "samples after the unload")
     finally:
         stop.set()
         watcher.join()
-    assert samples[0] == (True, False)
-    first_failure = next(i for i, (old_ok, _) in enumerate(samples) if not old_ok)
-    assert all(old_ok for old_ok, _ in samples[:first_failure])  # no gap before the unload
-    assert all(new_up for _, new_up in samples[first_failure:])  # the new one was up by then
+    assert samples[0][1:] == (True, False)
+    first_failure = next(i for i, (_, old_ok, _) in enumerate(samples) if not old_ok)
+    assert all(old_ok for _, old_ok, _ in samples[:first_failure])  # no gap before the unload
+    # The old model served while both were listed: it went only once the config dropped it.
+    assert samples[first_failure][0] > dropped_at, "old model gone while still listed"
+    assert not any(old_ok for _, old_ok, _ in samples[first_failure:])  # and stayed gone
     assert server.post("/v1/models/half_plus_two:predict", {"instances": [1.0]})[0] == 404
 
 
@@ -163,9 +167,13 @@ def test_a_bad_config_file_keeps_the_models_in_force(config, models, server_fact
     hpt = copy_builtin(models, "half_plus_two")
     server = server_factory([{"name": "half_plus_two", "base_path": hpt}])
     server.wait_available("half_plus_two")
+    log_before = len(server.log.read_text())
     config.write_text("model_config_list { config { name: 'x' ")
-    time.sleep(2.5)
+    # The poll has read the bad file once the server says it rejected it.
+    wait_for(lambda: "models config rejected" in server.log.read_text()[log_before:], 30, 0.05,
+             "the bad config to be read and rejected")
     assert predict_half_plus_two(server) == (200, [2.5, 3.0, 4.5])
+    assert server.states("half_plus_two") == {1: "AVAILABLE"}
     write_config(config, [{"name": "again", "base_path": hpt}])
     server.wait_available("again")
     wait_for(lambda: server.states("half_plus_two") == {}, timeout=30, what="old model unloaded")

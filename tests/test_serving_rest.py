@@ -38,6 +38,7 @@ def server(tmp_path_factory):
         {"name": "echo", "base_path": models / "echo"},
     ])
     s = Server(config).start()
+    s.models = models
     for name in ("half_plus_two", "resnet", "pixels_nhwc", "pixels_nchw", "echo"):
         s.wait_available(name)
     yield s
@@ -67,13 +68,26 @@ def test_row_and_columnar_forms_and_addressing(server):
 
 
 def test_jpeg_and_png_as_b64_give_resnet_class_scores(server):
+    import io
+
+    import onnxruntime as ort
+    from PIL import Image
+
+    # The oracle: ONNX Runtime run directly on the same model file with the same pixels
+    # (a lossless PNG of the model's own size, so no decoding or resizing is involved).
+    pixels = np.random.default_rng(7).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, "PNG")
+    session = ort.InferenceSession(str(server.models / "resnet" / "1" / "model.onnx"))
+    probabilities, classes = session.run(["probabilities", "classes"], {"image_bytes": pixels[None]})
     status, doc = server.post("/v1/models/resnet:predict",
-                              {"instances": [b64(jpeg_bytes()), b64(jpeg_bytes(64, 48, fmt="PNG"))]})
+                              {"instances": [b64(png.getvalue()), b64(jpeg_bytes()), b64(jpeg_bytes(64, 48, fmt="PNG"))]})
     assert status == 200, doc
-    assert len(doc["predictions"]) == 2
-    for row in doc["predictions"]:
-        assert len(row["probabilities"]) == 1000
-        assert row["classes"] == int(np.argmax(row["probabilities"]))
+    assert len(doc["predictions"]) == 3
+    np.testing.assert_allclose(doc["predictions"][0]["probabilities"], probabilities[0], rtol=1e-4, atol=1e-8)
+    assert doc["predictions"][0]["classes"] == int(classes[0])
+    for row in doc["predictions"][1:]:  # decoded and resized by the server: well-formed scores
+        assert len(row["probabilities"]) == 1000 and abs(sum(row["probabilities"]) - 1) < 1e-3
     status, doc = server.post("/v1/models/resnet:predict", {"inputs": {"image_bytes": [b64(jpeg_bytes())]}})
     assert status == 200 and len(doc["outputs"]["probabilities"][0]) == 1000
 

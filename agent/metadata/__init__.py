@@ -36,6 +36,11 @@ class Source(Protocol):
         """Yield the current tree, then a new snapshot on every change, until cancelled."""
         ...
 
+    async def read(self) -> Snapshot:
+        """One fresh read of the current tree, apart from the stream (a hook asks the
+        agent to be up to date with what the platform just wrote)."""
+        ...
+
 
 def open_source(spec: str, **options: Any) -> Source:
     """The source a `--metadata` argument names: `http(s)://...` is metad,

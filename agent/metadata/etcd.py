@@ -297,6 +297,20 @@ class EtcdSource:
         """When etcd became unreachable (None while it answers)."""
         return self.outage.since
 
+    async def read(self) -> Snapshot:
+        """The tree now: one range read, from the first endpoint that answers."""
+        errors = []
+        async with aiohttp.ClientSession() as session:
+            for endpoint in self.spec.endpoints:
+                client = EtcdClient(session, endpoint, self.username, self.password, self.ssl_context)
+                try:
+                    await client.authenticate()
+                    kvs, revision = await client.range_prefix(self.spec.prefix)
+                    return Snapshot(build_tree(kvs, self.spec.prefix), str(revision), self.description)
+                except (EtcdError, aiohttp.ClientError, OSError, TimeoutError) as e:
+                    errors.append(str(e) or f"{endpoint}: {type(e).__name__}")
+        return Snapshot(None, "", self.description, error="; ".join(errors))
+
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         """Yield the tree once read, then after every change, recovering from any break."""
         prefix = self.spec.prefix

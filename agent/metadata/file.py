@@ -60,6 +60,10 @@ class FileSource:
             return Snapshot(None, version, self.description, error=str(e))
         return Snapshot(tree, version, self.description)
 
+    async def read(self) -> Snapshot:
+        """The file's tree now."""
+        return await asyncio.to_thread(self._read)
+
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         """Yield the file's tree now and after every change to it."""
         identity = self._identity()

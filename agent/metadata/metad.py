@@ -133,6 +133,18 @@ class MetadSource:
                 return None
             raise
 
+    async def read(self) -> Snapshot:
+        """`/self` now, from the first endpoint that answers (a plain GET each)."""
+        errors = []
+        async with self._session() as session:
+            for url in self.endpoints:
+                try:
+                    tree, version = await self._get(session, url, {}, READ_TIMEOUT)
+                    return Snapshot(tree, str(version), self.description)
+                except (aiohttp.ClientError, OSError, TimeoutError, MetadError) as e:
+                    errors.append(f"{url}: {str(e) or type(e).__name__}")
+        return Snapshot(None, "", self.description, error="; ".join(errors))
+
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         """Yield the tree once reachable, then on every change, reconnecting forever."""
         last_tree: dict | None = None

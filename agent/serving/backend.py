@@ -32,11 +32,14 @@ def server_argv(
     threads: int | None,
     poll_seconds: int = 1,
     builtin_flags: tuple[str, ...] = (),
+    admin_socket: Path | None = None,
+    models_root: Path | None = None,
 ) -> list[str]:
     """The command that runs the model server of `backend` on models_config.
 
-    tensorflow_model_server has no bind-address flag: it listens on every address.
-    `builtin_flags` (runtime, precision, batching, compile cache) go to the built-in server only."""
+    tensorflow_model_server has no bind-address flag: it listens on every address; nor
+    an admin socket or a models root (agent/serving/admin.py). `builtin_flags` (runtime,
+    precision, batching, compile cache) go to the built-in server only."""
     common = [
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
@@ -53,6 +56,10 @@ def server_argv(
         argv = [sys.executable, "-m", "agent", "serve", f"--host={host}", *common]
         if threads:
             argv.append(f"--intra_op_threads={threads}")
+        if admin_socket is not None:
+            argv.append(f"--admin_socket={admin_socket}")
+        if models_root is not None:
+            argv.append(f"--models_root={models_root}")
         return argv + list(builtin_flags)
     raise ValueError(f"unknown model server backend {backend!r}")
 
@@ -71,3 +78,9 @@ def builtin_flags(params, cache_dir: Path) -> tuple[str, ...]:
         f"--allowed_batch_sizes={params.serving_batching_allowed_batch_sizes}",
         f"--pad_variable_length_inputs={str(params.serving_batching_pad_variable_length_inputs).lower()}",
     )
+
+
+def admin_target(backend: str, admin_socket: Path, host: str, grpc_port: int) -> str:
+    """Where the agent sends the model server's admin calls: the built-in server's
+    local admin socket, or TF Serving's gRPC port (it has no other)."""
+    return f"unix:{admin_socket}" if backend == BUILTIN else f"{host}:{grpc_port}"

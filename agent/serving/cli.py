@@ -2,7 +2,8 @@
 (--port, --rest_api_port, --model_config_file, --model_config_file_poll_wait_seconds,
 --file_system_poll_wait_seconds, --model_name, --model_base_path, and TF Serving's batching
 parameters as --enable_batching, --max_batch_size, ...) plus --host, --intra_op_threads,
---runtime, --precision and --compile_cache_dir. Logs go to stderr; SIGTERM stops it cleanly."""
+--runtime, --precision, --compile_cache_dir, --admin_socket and --models_root. Logs go to
+stderr; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max_concurrent_requests", type=int, default=None,
         help="inference requests in progress; past it 503/UNAVAILABLE (default 64)",
     )
+    parser.add_argument("--admin_socket", type=Path,
+                        help="serve admin calls (HandleReloadConfigRequest) on this unix socket, mode 0600; "
+                             "the network ports always refuse them")
+    parser.add_argument("--models_root", type=Path,
+                        help="refuse any config whose base_path lies outside this directory")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -96,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         batching=batching,
         max_request_bytes=args.max_request_bytes or limits.MAX_REST_BODY_BYTES,
         max_concurrent_requests=args.max_concurrent_requests or limits.MAX_CONCURRENT_REQUESTS,
+        admin_socket=args.admin_socket.absolute() if args.admin_socket else None,
+        models_root=args.models_root.absolute() if args.models_root else None,
     )
     return asyncio.run(_serve(options))
 

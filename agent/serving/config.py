@@ -99,3 +99,12 @@ def read_models_config(path: Path) -> list[ModelConfig]:
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror or e}") from None
     return parse_models_config(text, str(path))
+
+
+def confine(configs: list[ModelConfig], root: Path, where: str = "models.config") -> None:
+    """ConfigError unless every base_path lies inside `root` (symlinks resolved): a
+    config the server accepts never makes it read outside the models root."""
+    top = root.resolve()
+    for c in configs:
+        if not c.base_path.resolve().is_relative_to(top):
+            raise ConfigError(f"{where}: model {c.name!r}: base_path {str(c.base_path)!r} is outside the models root {str(top)!r}")

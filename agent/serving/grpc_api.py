@@ -128,8 +128,18 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         return await self._call(context, run)
 
 
+ADMIN_REFUSED = ("HandleReloadConfigRequest is not served on the network; "
+                 "the node's agent reloads the model server over its local admin socket")
+Reload = Callable[[list], Awaitable[None]]
+
+
 class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus and HandleReloadConfigRequest."""
+    """GetModelStatus, and HandleReloadConfigRequest where `reload` is given (the local
+    admin socket); on the network ports every call that changes the server is refused."""
+
+    def __init__(self, manager: ModelManager, executor: Executor, reload: Reload | None = None):
+        super().__init__(manager, executor)
+        self._reload = reload
 
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         """States of a model's versions."""
@@ -145,15 +155,17 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
         return await self._call(context, run)
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
-        """Serve the given config; answers once its models are loaded and the old ones unloaded."""
+        """Serve the given config; answers once its models are loaded and the old ones
+        unloaded. PERMISSION_DENIED on the network ports."""
+        if self._reload is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMIN_REFUSED)
         response = model_management_pb2.ReloadConfigResponse()
         try:
-            configs = from_proto(request.config, "ReloadConfigRequest")
+            await self._reload(from_proto(request.config, "ReloadConfigRequest"))
         except ConfigError as e:
             response.status.error_code = error_codes_pb2.INVALID_ARGUMENT
             response.status.error_message = str(e)
             return response
-        await self._manager.apply(configs)
         response.status.error_code = error_codes_pb2.OK
         return response
 
@@ -252,6 +264,11 @@ def _add_prediction_service(server: grpc.aio.Server, servicer: PredictionService
 def add_services(
     server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None
 ) -> None:
-    """Register both TF Serving services on a gRPC server."""
+    """Register both TF Serving services on a public gRPC server (no admin call)."""
     _add_prediction_service(server, PredictionService(manager, executor, admission))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), server)
+
+
+def add_admin_services(server: grpc.aio.Server, manager: ModelManager, executor: Executor, reload: Reload) -> None:
+    """Register ModelService with its admin calls, for the local admin socket only."""
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor, reload), server)

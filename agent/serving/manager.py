@@ -186,6 +186,9 @@ class ModelManager:
         if label is not None:
             version = self._label_version(name, label)
         current = states.get(version)
+        if current is not None and current.state == LOADING:
+            # On its way (a new version, a model switch): retryable, as for Latest above.
+            raise unavailable(f"Servable not available yet for request: Specific({name}, {version})")
         if current is None or current.state != AVAILABLE:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return current.servable

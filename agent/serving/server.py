@@ -14,9 +14,9 @@ from aiohttp import web
 
 import agent.log
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
-from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, parse_models_config
+from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, confine, parse_models_config
 from agent.serving import limits
-from agent.serving.grpc_api import add_services, channel_options
+from agent.serving.grpc_api import add_admin_services, add_services, channel_options
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
 from agent.serving.oip_grpc import add_service as add_oip_service
@@ -55,6 +55,11 @@ class ServerOptions:
     batching: BatchingOptions = BatchingOptions()
     max_request_bytes: int = limits.MAX_REST_BODY_BYTES  # REST body and gRPC message
     max_concurrent_requests: int = limits.MAX_CONCURRENT_REQUESTS
+    # Admin calls (HandleReloadConfigRequest) are served only on this unix socket (mode
+    # 0600); the network ports refuse them.
+    admin_socket: Path | None = None
+    # Every base_path a config names must lie under this directory, when given.
+    models_root: Path | None = None
 
 
 def _address(host: str, port: int) -> str:
@@ -79,8 +84,12 @@ class ModelServer:
         self._admission = limits.Admission(options.max_concurrent_requests)
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._admin: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
         self._config_text: str | None = None
+        # One config change at a time (the file poll, an admin reload), each in the
+        # order its config was read: a poll that read the old file cannot undo a reload.
+        self._config_lock = asyncio.Lock()
 
     def _load(self, name: str, version: int, path: Path) -> Servable:
         """Load, warm up and (where its signatures allow a batch dimension) batch one version."""
@@ -117,11 +126,41 @@ class ModelServer:
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()
-        log.info("model server listening", host=o.host, grpc_port=o.grpc_port, rest_port=o.rest_port, threads=self._threads)
+        if o.admin_socket is not None:
+            await self._start_admin(o.admin_socket)
+        log.info("model server listening", host=o.host, grpc_port=o.grpc_port, rest_port=o.rest_port,
+                 threads=self._threads, admin_socket=str(o.admin_socket) if o.admin_socket else None)
         if o.models_config is not None and o.config_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="watch-config"))
         if o.fs_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self._watch_versions(), name="watch-versions"))
+
+    async def _start_admin(self, path: Path) -> None:
+        """The admin channel: ModelService with HandleReloadConfigRequest on a unix
+        socket that only this user can open (created 0600 from its first instant)."""
+        path.unlink(missing_ok=True)
+        self._admin = grpc.aio.server(options=channel_options())
+        add_admin_services(self._admin, self.manager, self._inference, self.reload)
+        old = os.umask(0o177)
+        try:
+            if self._admin.add_insecure_port(f"unix:{path}") == 0:
+                raise OSError(f"cannot listen on the admin socket {path}")
+            await self._admin.start()
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    def _confined(self, configs: list[ModelConfig], where: str) -> list[ModelConfig]:
+        if self.options.models_root is not None:
+            confine(configs, self.options.models_root, where)
+        return configs
+
+    async def reload(self, configs: list[ModelConfig]) -> None:
+        """Serve exactly `configs` now (the admin reload); ConfigError for a base_path
+        outside the models root, and nothing changes."""
+        self._confined(configs, "ReloadConfigRequest")
+        async with self._config_lock:
+            await self.manager.apply(configs)
 
     async def _read_config(self) -> list[ModelConfig] | None:
         """The config file's models if its text changed and parses; None otherwise."""
@@ -138,7 +177,7 @@ class ModelServer:
             return None
         self._config_text = text
         try:
-            return parse_models_config(text, str(path))
+            return self._confined(parse_models_config(text, str(path)), str(path))
         except ConfigError as e:
             log.error("models config rejected, keeping the models in force", error=str(e))
             return None
@@ -152,15 +191,17 @@ class ModelServer:
         else:
             configs = []
         if configs is not None:
-            await self.manager.apply(configs)
+            async with self._config_lock:
+                await self.manager.apply(configs)
 
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(self.options.config_poll_seconds)
             try:
-                configs = await self._read_config()
-                if configs is not None:
-                    await self.manager.apply(configs)
+                async with self._config_lock:
+                    configs = await self._read_config()
+                    if configs is not None:
+                        await self.manager.apply(configs)
             except Exception:
                 log.exception("models config reload failed")
 
@@ -178,6 +219,10 @@ class ModelServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._admin is not None:
+            await self._admin.stop(grace=1)
+            if self.options.admin_socket is not None:
+                self.options.admin_socket.unlink(missing_ok=True)
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
         if self._runner is not None:
