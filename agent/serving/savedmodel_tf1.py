@@ -335,8 +335,15 @@ def _prune(meta_graph: meta_graph_pb2.MetaGraphDef, name: str, signature: meta_g
         pruned.placeholders[port] = node.name
         return node.name
 
+    # Output ports are named by the graph tensor, so signatures computing the same tensors
+    # from the same inputs (classify and regress of one head) prune to one graph.
+    by_tensor: dict[str, Port] = {}
+    tensor_types: dict[str, int] = {}
     for alias, info in sorted(signature.outputs.items()):
-        pruned.outputs[alias] = _port_of(info, port_name(alias), f"output '{alias}'")
+        if info.name not in by_tensor:
+            by_tensor[info.name] = _port_of(info, port_name(info.name), f"output '{alias}'")
+            tensor_types[info.name] = info.dtype
+        pruned.outputs[alias] = by_tensor[info.name]
     string_inputs = {}
     for alias, info in sorted(signature.inputs.items()):
         port = _port_of(info, alias, f"input '{alias}'")
@@ -395,11 +402,10 @@ def _prune(meta_graph: meta_graph_pb2.MetaGraphDef, name: str, signature: meta_g
         cut[(node.name, index)] = placeholder(port, feature.data_type, shape)
         return cut[(node.name, index)]
 
-    for alias, info in sorted(signature.outputs.items()):
-        source = use(info.name)
-        out = graph.node.add(name=fresh(f"{_OUT_PREFIX}/{alias}"), op="Identity", input=[source])
-        out.attr["T"].type = info.dtype
-        pruned.output_nodes[pruned.outputs[alias].port] = out.name
+    for tensor, port in sorted(by_tensor.items()):
+        out = graph.node.add(name=fresh(f"{_OUT_PREFIX}/{len(pruned.output_nodes)}"), op="Identity", input=[use(tensor)])
+        out.attr["T"].type = tensor_types[tensor]
+        pruned.output_nodes[port.port] = out.name
     while stack:
         original = nodes[stack.pop()]
         node = graph.node.add()
