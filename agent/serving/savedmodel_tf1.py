@@ -68,6 +68,7 @@ class DenseFeature:
     shape: tuple[int, ...]  # per example
     default: np.ndarray | None  # None: the feature is required
     port: str | None  # the model input it feeds; None when the signature's outputs don't use it
+    tensor: str | None = None  # the ParseExample output it stands for ("node:k"), when used
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,9 @@ def _prune(meta_graph: meta_graph_pb2.MetaGraphDef, name: str, signature: meta_g
         if any(d < 0 for d in feature.shape):
             raise Unservable(f"feature '{feature.key}' has a variable length, which is not served")
         port = port_name(feature.key)
-        pruned.features[at] = DenseFeature(feature.key, feature.data_type, feature.shape, feature.default, port)
+        pruned.features[at] = DenseFeature(
+            feature.key, feature.data_type, feature.shape, feature.default, port, f"{node.name}:{index}"
+        )
         shape = tensor_shape_pb2.TensorShapeProto()
         shape.dim.add(size=-1)
         for d in feature.shape:
