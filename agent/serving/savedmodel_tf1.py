@@ -194,10 +194,12 @@ class Tf1Signature:
 
 @dataclass
 class Tf1Load:
-    """Every servable signature of a SavedModel, and why each other one is not served."""
+    """Every servable signature of a SavedModel, why each other one is not served, and all
+    the SignatureDefs as saved (what TF Serving's metadata lists, served or not)."""
 
     signatures: dict[str, Tf1Signature] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef] = field(default_factory=dict)
 
 
 def read_meta_graph(export_dir: Path) -> meta_graph_pb2.MetaGraphDef:
@@ -233,7 +235,7 @@ def load_tf1_signatures(export_dir: Path) -> Tf1Load:
 
     export_dir = Path(export_dir)
     meta_graph = read_meta_graph(export_dir)
-    result = Tf1Load()
+    result = Tf1Load(signature_defs=dict(meta_graph.signature_def))
     converted: dict[bytes, object] = {}  # identical pruned graphs are converted once
     scratch = Path(tempfile.mkdtemp(prefix="savedmodel-tf1-"))
     try:
