@@ -125,6 +125,14 @@ def test_half_plus_two_signatures_take_the_paths_tf_serving_gives_them():
     assert load.signatures["classify_x_to_y"].model is load.signatures["regress_x_to_y"].model
 
 
+def test_examples_sent_to_a_signature_without_them_get_tensorflows_error():
+    signature = _load("half_plus_two/00000123").signatures["regress_x2_to_y3"]  # takes float x2, as TF Serving's
+    with pytest.raises(ServingError) as caught:
+        signature.parse_examples([{"x2": [1.0]}])
+    assert caught.value.code == codes.INVALID_ARGUMENT
+    assert str(caught.value) == "Expects arg[0] to be float but string is provided"
+
+
 def test_tf1_exports_are_told_from_tf2_ones():
     meta_graph = read_meta_graph(FIXTURES / "half_plus_two" / "00000123")
     assert is_tf1(meta_graph)

@@ -179,6 +179,15 @@ class Tf1Signature:
     examples_input: str | None = None
     parser: ExampleParser | None = None
 
+    def parse_examples(self, examples: Sequence[Features], context: Features | None = None) -> dict[str, np.ndarray]:
+        """Model feeds from decoded tf.Examples (Classify/Regress); a signature that takes none
+        answers as TensorFlow does when fed serialized examples in place of its input."""
+        if self.parser is None:
+            info = next(iter(self.signature_def.inputs.values()), None)
+            dtype = dtype_name(info.dtype) if info is not None else "nothing"
+            raise invalid_argument(f"Expects arg[0] to be {dtype} but string is provided")
+        return self.parser.feeds(examples, context)
+
     def feeds(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model feeds from input arrays by alias (the examples input holds serialized tf.Examples)."""
         feeds = {}
