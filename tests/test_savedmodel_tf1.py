@@ -204,6 +204,9 @@ def test_a_signature_that_cannot_be_served_is_refused_by_name_and_the_rest_load(
         signatures["foreign_examples"].outputs["y"].name = "y3:0"
         signatures["sparse"].CopyFrom(signatures["serving_default"])
         signatures["sparse"].outputs["y"].coo_sparse.values_tensor_name = "y:0"
+        # The serialized examples themselves, not parsed: a string tensor in and out.
+        signatures["strings"].CopyFrom(signatures["regress_x_to_y"])
+        signatures["strings"].outputs["outputs"].CopyFrom(signatures["strings"].inputs["inputs"])
 
     load = load_tf1_signatures(_copy_with_signatures(tmp_path, edit))
     assert set(load.signatures) == HALF_PLUS_TWO_SIGNATURES
@@ -211,6 +214,7 @@ def test_a_signature_that_cannot_be_served_is_refused_by_name_and_the_rest_load(
         "missing_tensor": "the graph reads tensor nope:0, which is not in the graph",
         "foreign_examples": "ParseExample parses tf.Examples that are not one of its string inputs",
         "sparse": "output 'y' is a sparse or composite tensor, which is not served",
+        "strings": "string tensors (inputs) are not run on OpenVINO",
     }
     y = _run(load.signatures["serving_default"], {"x": np.array([[4.0]], np.float32)})["y"]
     np.testing.assert_allclose(y, [[4.0]])

@@ -566,9 +566,14 @@ def _openvino_reason(error: Exception) -> str:
 
 
 def _check_ports(model, pruned: _Pruned) -> None:
-    names = set()
+    names, strings = set(), set()
     for port in list(model.inputs) + list(model.outputs):
         names |= set(port.get_names())
+        if port.get_element_type().get_type_name() == "string":
+            strings.add(port.get_any_name())
+    if strings:
+        # The server's string tensors are numpy object arrays, which OpenVINO does not take.
+        raise Unservable(f"string tensors ({', '.join(sorted(strings))}) are not run on OpenVINO")
     missing = sorted((set(pruned.placeholders) | set(pruned.output_nodes)) - names)
     if missing:
         raise Unservable(f"the converted graph lacks {', '.join(missing)}")
