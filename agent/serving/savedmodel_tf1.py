@@ -1,9 +1,10 @@
 """TF1-era SavedModels (Estimator / SavedModelBuilder exports) as one OpenVINO model per signature.
 
 How the loader calls it: for a SavedModel whose MetaGraphDef has no TF2 object graph
-(`is_tf1(read_meta_graph(dir))`), `load_tf1_signatures(dir)` gives each servable
-signature's `openvino.Model` (ports named as in `Tf1Signature.inputs/outputs`) and, for a
-signature that takes serialized tf.Examples, the `ExampleParser` that makes its feeds.
+(`is_tf1(read_meta_graph(dir))`), `load_tf1_signatures(dir, core)` gives each servable
+signature's `openvino.Model` (ports named as in `Tf1Signature.inputs/outputs`); for
+Classify/Regress, `Tf1Signature.parse_examples` makes the feeds from decoded tf.Examples
+(Predict on the serialized-examples input: `Tf1Signature.feeds`).
 
 Why: such a SavedModel holds one graph for all its signatures, with variables in a
 checkpoint, and its classify/regress signatures parse serialized tf.Examples inside the
@@ -11,8 +12,8 @@ graph (ParseExample). OpenVINO's TensorFlow frontend refuses that graph as a who
 signature's graph is pruned to the nodes its outputs need, cut at the signature's inputs
 (each becomes a Placeholder) and just below every ParseExample/ParseExampleV2 it uses (each
 parsed dense feature becomes a Placeholder); the pruned graph is written as a
-one-signature SavedModel beside the original variables (symlinked), which OpenVINO
-converts, reading the checkpoint itself. The server parses tf.Examples with the
+one-signature SavedModel beside the original variables (symlinked), which OpenVINO's
+TensorFlow frontend reads, restoring the variables from the checkpoint itself. The server parses tf.Examples with the
 signature's ExampleParser: TensorFlow's ParseExample semantics for dense features (fixed
 shapes, defaults, dtype checks, TensorFlow's error messages).
 """
