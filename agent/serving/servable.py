@@ -8,6 +8,7 @@ beside the model; without that it gets one
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -99,6 +100,10 @@ class Servable:
 
     def close(self) -> None:
         """Release what the runtime holds (batching threads); the default holds nothing."""
+
+    def threads(self) -> list[threading.Thread]:
+        """Its own threads that `close` ends; they must have ended before it is released."""
+        return []
 
 
 def build_signatures(
