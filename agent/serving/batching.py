@@ -151,6 +151,10 @@ class BatchingServable(Servable):
             self._cond.notify_all()
         self.inner.close()
 
+    def threads(self) -> list[threading.Thread]:
+        """The batch threads (the owner joins them after `close`, before releasing this servable)."""
+        return list(self._threads)
+
     # The batch threads.
 
     def _loop(self) -> None:

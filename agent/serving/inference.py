@@ -120,6 +120,8 @@ def example_features(example: example_pb2.Example) -> dict[str, list]:
 
 def example_feeds(signature: Signature, examples: Sequence[Features], context: Features | None = None) -> dict[str, np.ndarray]:
     """Graph feeds from a batch of tf.Examples: each feature stacked along a new batch axis."""
+    if signature.parse is not None:
+        return signature.parse(examples, context)
     if not examples:
         raise invalid_argument("Input is empty.")
     context = context or {}

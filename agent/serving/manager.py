@@ -10,6 +10,8 @@ its files change; other versions and models are not disturbed."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ AVAILABLE = ModelVersionStatus.AVAILABLE
 END = ModelVersionStatus.END
 
 Loader = Callable[[str, int, Path], Servable]
+# How long `close` waits for the threads of the unloaded servables (a batch in progress).
+JOIN_SECONDS = 10.0
 
 
 @dataclass
@@ -62,6 +66,11 @@ class ModelManager:
         self._configs: dict[str, ModelConfig] = {}
         self._versions: dict[str, dict[int, _Version]] = {}
         self._lock = asyncio.Lock()
+        # Unloaded servables whose threads may still run, kept until those threads ended:
+        # so the runtimes (compiled models, infer requests) are released on the loop
+        # thread, never by a batch thread dropping the last reference, which during
+        # interpreter exit aborts the process (a daemon thread unwound inside OpenVINO).
+        self._closing: list[Servable] = []
 
     @property
     def configs(self) -> list[ModelConfig]:
@@ -102,6 +111,7 @@ class ModelManager:
             if loads:
                 await asyncio.gather(*loads)
             self._unload_unwanted(configs, found, wanted)
+            self._release_ended()
 
     async def _load(self, name: str, version: _Version) -> None:
         log.info("loading model version", model=name, version=version.version, path=str(version.path))
@@ -126,7 +136,7 @@ class ModelManager:
             log.error("model version reload failed, keeping the loaded one", model=name, version=version.version, error=str(e))
         else:
             old, version.servable = version.servable, servable
-            _close(old)
+            self._retire(old)
             log.info("model version reloaded", model=name, version=version.version, runtime=servable.runtime)
         version.fingerprint = vdir.fingerprint
 
@@ -142,7 +152,7 @@ class ModelManager:
                     dir_present = number in found.get(name, {})
                     if name in configs and dir_present and not successor_up:
                         continue  # keep serving until a wanted version is up
-                    _close(version.servable)
+                    self._retire(version.servable)
                     version.state, version.servable = END, None
                     log.info("model version unloaded", model=name, version=number)
                 elif version.error:
@@ -151,12 +161,34 @@ class ModelManager:
                 del self._versions[name]
 
     async def close(self) -> None:
-        """Unload everything."""
+        """Unload everything; returns once the servables' threads have ended (bounded by
+        JOIN_SECONDS) and the servables are released."""
         async with self._lock:
             for states in self._versions.values():
                 for version in states.values():
-                    _close(version.servable)
+                    self._retire(version.servable)
             self._versions.clear()
+            # Thread objects only: the joining thread must not hold a servable reference.
+            threads = [t for s in self._closing for t in s.threads()]
+            await asyncio.to_thread(_join, threads, JOIN_SECONDS)
+            left = sorted(t.name for t in threads if t.is_alive())
+            if left:
+                log.warning("threads of unloaded models still running", threads=left, waited_seconds=JOIN_SECONDS)
+            self._release_ended()
+
+    def _retire(self, servable: Servable | None) -> None:
+        """Close an unloaded servable and keep it until its threads have ended."""
+        if servable is None:
+            return
+        try:
+            servable.close()
+        except Exception:
+            log.exception("closing a servable failed", model=servable.name, version=servable.version)
+        self._closing.append(servable)
+
+    def _release_ended(self) -> None:
+        """Drop (here, on the loop thread) the unloaded servables whose threads have ended."""
+        self._closing = [s for s in self._closing if any(t.is_alive() for t in s.threads())]
 
     def versions(self, name: str) -> list[tuple[int, Servable]]:
         """The loaded servables of a model (newest first), for runtime details in status."""
@@ -209,10 +241,8 @@ class ModelManager:
         return [VersionStatus(v.version, v.state, v.error_code, v.error) for v in picked]
 
 
-def _close(servable: Servable | None) -> None:
-    """Release an unloaded servable's batching threads; in-flight runs finish first."""
-    if servable is not None:
-        try:
-            servable.close()
-        except Exception:
-            log.exception("closing a servable failed", model=servable.name, version=servable.version)
+def _join(threads: list[threading.Thread], seconds: float) -> None:
+    """Join the threads, all within `seconds`."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))

@@ -5,8 +5,8 @@ OpenVINO's TensorFlow frontend converts a SavedModel's `serving_default` signatu
 inputs and outputs named by the signature's keys). Every other signature is converted
 from a view of the same directory whose saved_model.pb holds only that signature, as
 `serving_default`; variables and assets are shared by symlink. `signature_models` is the
-one place that turns a SavedModel into per-signature graphs, so other conversions (e.g.
-pruning TF1 graphs per signature) can be added behind it."""
+one place that turns a SavedModel into per-signature graphs: TF1-era exports (no object
+graph) are pruned per signature by savedmodel_tf1 instead."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.serving import savedmodel_tf1
 from agent.serving.protos import error_codes_pb2 as codes
 from agent.serving.protos import meta_graph_pb2, saved_model_pb2
 from agent.serving.servable import DEFAULT_SIGNATURE, PREDICT, LoadError, Signature, TensorSpec
@@ -101,6 +102,10 @@ def signature_models(core, path: Path) -> tuple[dict[str, SignatureGraph], dict[
     """OpenVINO models of every servable signature, why each other signature is not served,
     and the MetaGraphDef they come from."""
     meta_graph = read_meta_graph(path)
+    if savedmodel_tf1.is_tf1(meta_graph):
+        load = savedmodel_tf1.load_tf1_signatures(path, core)
+        graphs = {n: SignatureGraph(_tf1_signature(s), s.model) for n, s in load.signatures.items()}
+        return graphs, load.refused, meta_graph
     graphs: dict[str, SignatureGraph] = {}
     refused: dict[str, str] = {}
     scratch = Path(tempfile.mkdtemp(prefix="savedmodel-view-"))
@@ -132,3 +137,17 @@ def signature_models(core, path: Path) -> tuple[dict[str, SignatureGraph], dict[
         raise LoadError(f"{path}: no servable signature ({detail})", codes.FAILED_PRECONDITION)
     return graphs, refused, meta_graph
 
+
+
+def _tf1_signature(sig: savedmodel_tf1.Tf1Signature) -> Signature:
+    """A TF1 signature as a Signature on its own graph; tf.Examples are parsed by its parser."""
+    defs = sig.signature_def
+    inputs = {a: TensorSpec(p.port, p.dtype, p.shape, tensor_name=defs.inputs[a].name) for a, p in sig.inputs.items()}
+    outputs = {a: TensorSpec(p.port, p.dtype, p.shape, tensor_name=defs.outputs[a].name) for a, p in sig.outputs.items()}
+    features = {}
+    if sig.examples_input is not None:
+        inputs[sig.examples_input] = TensorSpec(
+            sig.examples_input, STRING, (None,), tensor_name=defs.inputs[sig.examples_input].name)
+        features = {f.key: TensorSpec(f.port, NUMPY_DTYPES[f.data_type], (None,) + f.shape)
+                    for f in sig.parser.features if f.port is not None}
+    return Signature(sig.name, sig.method_name, inputs, outputs, features, graph=sig.name, parse=sig.parse_examples)

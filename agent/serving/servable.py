@@ -8,9 +8,10 @@ beside the model; without that it gets one
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -61,6 +62,9 @@ class Signature:
     features: Mapping[str, TensorSpec] = field(default_factory=dict)
     # Which of the servable's graphs computes it ("" = its only graph).
     graph: str = ""
+    # Makes the graph feeds from decoded tf.Examples (and context) when the model says how
+    # (TF1 SavedModels: ParseExample's defaults and checks); else `features` are stacked.
+    parse: Callable[..., dict[str, np.ndarray]] | None = field(default=None, compare=False)
 
     @property
     def takes_examples(self) -> bool:
@@ -96,6 +100,10 @@ class Servable:
 
     def close(self) -> None:
         """Release what the runtime holds (batching threads); the default holds nothing."""
+
+    def threads(self) -> list[threading.Thread]:
+        """Its own threads that `close` ends; they must have ended before it is released."""
+        return []
 
 
 def build_signatures(

@@ -22,12 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agent.serving.protos import graph_pb2 as agent_dot_serving_dot_protos_dot_graph__pb2
+from agent.serving.protos import saved_object_graph_pb2 as agent_dot_serving_dot_protos_dot_saved__object__graph__pb2
 from agent.serving.protos import tensor_pb2 as agent_dot_serving_dot_protos_dot_tensor__pb2
 from agent.serving.protos import tensor_shape_pb2 as agent_dot_serving_dot_protos_dot_tensor__shape__pb2
 from agent.serving.protos import types_pb2 as agent_dot_serving_dot_protos_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%agent/serving/protos/meta_graph.proto\x12\ntensorflow\x1a!agent/serving/protos/tensor.proto\x1a\'agent/serving/protos/tensor_shape.proto\x1a agent/serving/protos/types.proto\"\xa0\x02\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x36\n\ncoo_sparse\x18\x04 \x01(\x0b\x32 .tensorflow.TensorInfo.CooSparseH\x00\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.tensorflow.DataType\x12\x32\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\x1c.tensorflow.TensorShapeProto\x1a\x65\n\tCooSparse\x12\x1a\n\x12values_tensor_name\x18\x01 \x01(\t\x12\x1b\n\x13indices_tensor_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65nse_shape_tensor_name\x18\x03 \x01(\tB\n\n\x08\x65ncoding\"\xa4\x03\n\x0cSignatureDef\x12\x34\n\x06inputs\x18\x01 \x03(\x0b\x32$.tensorflow.SignatureDef.InputsEntry\x12\x36\n\x07outputs\x18\x02 \x03(\x0b\x32%.tensorflow.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x12\x38\n\x08\x64\x65\x66\x61ults\x18\x04 \x03(\x0b\x32&.tensorflow.SignatureDef.DefaultsEntry\x1a\x45\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tensorflow.TensorInfo:\x02\x38\x01\x1a\x46\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tensorflow.TensorInfo:\x02\x38\x01\x1aH\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\"\xb2\x02\n\x0cMetaGraphDef\x12;\n\rmeta_info_def\x18\x01 \x01(\x0b\x32$.tensorflow.MetaGraphDef.MetaInfoDef\x12\x41\n\rsignature_def\x18\x05 \x03(\x0b\x32*.tensorflow.MetaGraphDef.SignatureDefEntry\x1aS\n\x0bMetaInfoDef\x12\x1a\n\x12meta_graph_version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x1a\n\x12tensorflow_version\x18\x05 \x01(\t\x1aM\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tensorflow.SignatureDef:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%agent/serving/protos/meta_graph.proto\x12\ntensorflow\x1a agent/serving/protos/graph.proto\x1a-agent/serving/protos/saved_object_graph.proto\x1a!agent/serving/protos/tensor.proto\x1a\'agent/serving/protos/tensor_shape.proto\x1a agent/serving/protos/types.proto\"\xa0\x02\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x36\n\ncoo_sparse\x18\x04 \x01(\x0b\x32 .tensorflow.TensorInfo.CooSparseH\x00\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.tensorflow.DataType\x12\x32\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\x1c.tensorflow.TensorShapeProto\x1a\x65\n\tCooSparse\x12\x1a\n\x12values_tensor_name\x18\x01 \x01(\t\x12\x1b\n\x13indices_tensor_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65nse_shape_tensor_name\x18\x03 \x01(\tB\n\n\x08\x65ncoding\"\xa4\x03\n\x0cSignatureDef\x12\x34\n\x06inputs\x18\x01 \x03(\x0b\x32$.tensorflow.SignatureDef.InputsEntry\x12\x36\n\x07outputs\x18\x02 \x03(\x0b\x32%.tensorflow.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x12\x38\n\x08\x64\x65\x66\x61ults\x18\x04 \x03(\x0b\x32&.tensorflow.SignatureDef.DefaultsEntry\x1a\x45\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tensorflow.TensorInfo:\x02\x38\x01\x1a\x46\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tensorflow.TensorInfo:\x02\x38\x01\x1aH\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\"\x93\x03\n\x0cMetaGraphDef\x12;\n\rmeta_info_def\x18\x01 \x01(\x0b\x32$.tensorflow.MetaGraphDef.MetaInfoDef\x12\'\n\tgraph_def\x18\x02 \x01(\x0b\x32\x14.tensorflow.GraphDef\x12\x41\n\rsignature_def\x18\x05 \x03(\x0b\x32*.tensorflow.MetaGraphDef.SignatureDefEntry\x12\x36\n\x10object_graph_def\x18\x07 \x01(\x0b\x32\x1c.tensorflow.SavedObjectGraph\x1aS\n\x0bMetaInfoDef\x12\x1a\n\x12meta_graph_version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x1a\n\x12tensorflow_version\x18\x05 \x01(\t\x1aM\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tensorflow.SignatureDef:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,22 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_options = b'8\001'
   _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._loaded_options = None
   _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_options = b'8\001'
-  _globals['_TENSORINFO']._serialized_start=164
-  _globals['_TENSORINFO']._serialized_end=452
-  _globals['_TENSORINFO_COOSPARSE']._serialized_start=339
-  _globals['_TENSORINFO_COOSPARSE']._serialized_end=440
-  _globals['_SIGNATUREDEF']._serialized_start=455
-  _globals['_SIGNATUREDEF']._serialized_end=875
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=660
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=729
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=731
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=801
-  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_start=803
-  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_end=875
-  _globals['_METAGRAPHDEF']._serialized_start=878
-  _globals['_METAGRAPHDEF']._serialized_end=1184
-  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_start=1022
-  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_end=1105
-  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_start=1107
-  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_end=1184
+  _globals['_TENSORINFO']._serialized_start=245
+  _globals['_TENSORINFO']._serialized_end=533
+  _globals['_TENSORINFO_COOSPARSE']._serialized_start=420
+  _globals['_TENSORINFO_COOSPARSE']._serialized_end=521
+  _globals['_SIGNATUREDEF']._serialized_start=536
+  _globals['_SIGNATUREDEF']._serialized_end=956
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=741
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=810
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=812
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=882
+  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_start=884
+  _globals['_SIGNATUREDEF_DEFAULTSENTRY']._serialized_end=956
+  _globals['_METAGRAPHDEF']._serialized_start=959
+  _globals['_METAGRAPHDEF']._serialized_end=1362
+  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_start=1200
+  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_end=1283
+  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_start=1285
+  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_end=1362
 # @@protoc_insertion_point(module_scope)
