@@ -217,6 +217,9 @@ async def list_model(client: Any, bucket: str, prefix: str, executor: Executor, 
             model.ignored.setdefault(f"{prefix}{name}/", "not a numeric version directory")
     for vprefix, items in by_version.items():
         version = int(vprefix[len(prefix):].rstrip("/"))
+        if version in model.versions or version in model.uploading:
+            model.ignored[vprefix] = f"another directory also names version {version}"
+            continue
         objects: dict[str, RemoteObject] = {}
         for key, size, etag, modified in items:
             if key.endswith("/"):

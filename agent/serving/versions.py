@@ -13,11 +13,12 @@ import agent.log
 
 log = agent.log.get(__name__)
 
-# TF Serving's version numbers are int64: a version directory is a canonical decimal
-# number (ASCII digits, no leading zero) up to 2**63 - 1. The model store's sync and the
-# server share this rule, so a version the sync installs is one the server can serve.
+# TF Serving's version numbers are int64: a version directory is a decimal number (ASCII
+# digits) up to 2**63 - 1. Leading zeros are allowed, as TF Serving parses them: its own
+# demo models are `00000123`. The model store's sync and the server share this rule, so a
+# version the sync installs is one the server can serve.
 MAX_VERSION = (1 << 63) - 1
-_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
+_DIGITS = re.compile(r"[0-9]{1,255}")
 
 
 def parse_version(name: str) -> int | None:
@@ -92,6 +93,16 @@ def complete(path: Path, now: float | None = None) -> bool:
     return now_ns - max(newest, top) >= QUIET_SECONDS * 1e9
 
 
+def _shadowed(name: str, version: int, entries: list[os.DirEntry]) -> bool:
+    """True when another directory names the same version (`1` and `001`) and wins: the
+    canonical spelling first, then the shortest name, so the choice never flaps."""
+    def rank(n: str) -> tuple:
+        return (n != str(version), len(n), n)
+
+    rivals = [e.name for e in entries if e.name != name and e.is_dir() and parse_version(e.name) == version]
+    return any(rank(r) < rank(name) for r in rivals)
+
+
 def discover(base_path: Path) -> dict[int, VersionDir]:
     """The version directories under base_path (names that are plain numbers); none if absent."""
     found: dict[int, VersionDir] = {}
@@ -103,12 +114,13 @@ def discover(base_path: Path) -> dict[int, VersionDir]:
         if not entry.is_dir():
             continue
         version = parse_version(entry.name)
-        if version is None:
+        if version is None or _shadowed(entry.name, version, entries):
             # Said once per path, not at every scan.
             if entry.name[:1].isdigit() and entry.path not in _reported:
                 _reported.add(entry.path)
-                log.warning("version directory ignored", path=entry.path,
-                            reason=f"not a version number from 0 to {MAX_VERSION} without leading zeros")
+                reason = (f"not a version number from 0 to {MAX_VERSION}" if version is None
+                          else f"another directory also names version {version}")
+                log.warning("version directory ignored", path=entry.path, reason=reason)
             continue
         path = Path(entry.path)
         if not complete(path):
