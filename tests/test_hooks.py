@@ -210,7 +210,9 @@ async def test_monitor_prints_one_json_object_within_5s_under_load(node):
     # x100 figures: the rate the clients saw (within a factor of two: the clients keep
     # sending while the sampler reads), and Envoy's latencies inside what clients saw.
     assert 0.5 * rate <= values["requests_per_second"] / 100 <= 2 * rate, (values["requests_per_second"], rate)
-    assert 0 < values["latency_p50"] <= values["latency_p99"]
+    # Envoy records request times in whole milliseconds: on an idle machine most of
+    # half_plus_two's requests take under 1 ms and the median is 0.
+    assert 0 <= values["latency_p50"] <= values["latency_p99"]
     assert values["latency_p50"] / 100 <= 2 * slowest_ms + 1, (values["latency_p50"], slowest_ms)
     assert values["loaded_models"] == 1 and values["model_available"] == 1
     assert values["model_server_memory"] > 10 and values["envoy_memory"] > 5
