@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.serving import savedmodel_tf1
+# One reader of saved_model.pb for both paths (TF2 direct conversion, TF1 pruning).
+from agent.serving.savedmodel_tf1 import SAVED_MODEL_PB, read_meta_graph
 from agent.serving.protos import error_codes_pb2 as codes
 from agent.serving.protos import meta_graph_pb2, saved_model_pb2
 from agent.serving.servable import DEFAULT_SIGNATURE, PREDICT, LoadError, Signature, TensorSpec
 from agent.serving.tensors import NUMPY_DTYPES, STRING, dtype_name
 
-SAVED_MODEL_PB = "saved_model.pb"
-SERVE_TAG = "serve"
 # TF2's initializer entry: listed in metadata (as TF Serving does), never served.
 INIT_OP_SIGNATURE = "__saved_model_init_op"
-# saved_model.pb of real models is MBs (graph + function library); refuse absurd files.
-MAX_SAVED_MODEL_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -36,24 +34,6 @@ class SignatureGraph:
 
     signature: Signature
     model: object  # openvino.Model
-
-
-def read_meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
-    """The MetaGraphDef tagged `serve` of the SavedModel in `path`."""
-    pb = path / SAVED_MODEL_PB
-    try:
-        if pb.stat().st_size > MAX_SAVED_MODEL_BYTES:
-            raise LoadError(f"{pb}: larger than {MAX_SAVED_MODEL_BYTES} bytes")
-        saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
-    except OSError as e:
-        raise LoadError(f"{pb}: {e.strerror or e}", codes.NOT_FOUND) from None
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise LoadError(f"{pb}: not a SavedModel: {e}") from None
-    for meta_graph in saved.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
-            return meta_graph
-    tags = [list(m.meta_info_def.tags) for m in saved.meta_graphs]
-    raise LoadError(f"{pb}: no MetaGraphDef tagged '{SERVE_TAG}' (tag sets: {tags})", codes.NOT_FOUND)
 
 
 def _spec(alias: str, info: meta_graph_pb2.TensorInfo, where: str) -> TensorSpec:
