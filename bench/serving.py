@@ -214,7 +214,7 @@ async def concurrent_b1(ip: str, clients: int, seconds: float) -> dict:
 def server_runtime(ip: str) -> dict:
     from tests.node import http
 
-    status, body = http("GET", f"http://{ip}:8080/v1/models/{MODEL}/runtime", timeout=10)
+    status, body = http("GET", f"http://{ip}:8501/v1/models/{MODEL}/runtime", timeout=10)
     return json.loads(body)["versions"][0] if status == 200 else {"error": body.decode(errors="replace")}
 
 
