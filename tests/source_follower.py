@@ -61,10 +61,24 @@ from agent.metadata import open_source
 
 agent.log.setup("warning", json=True)  # logs to stderr; stdout carries the snapshots
 
+async def report_outage(source):
+    # One line when the source first reports an outage, then no more polling: the
+    # parent measures this process's CPU during the outage.
+    while True:
+        while source.stale_since is None:
+            await asyncio.sleep(0.05)
+        print(json.dumps({"stale_since": source.stale_since}), flush=True)
+        while source.stale_since is not None:
+            await asyncio.sleep(1.0)
+
 async def main():
     source = open_source(sys.argv[1])
-    async for snap in source.snapshots():
-        print(json.dumps({"t": time.time(), "version": snap.version, "tree": snap.tree}), flush=True)
+    watcher = asyncio.create_task(report_outage(source))
+    try:
+        async for snap in source.snapshots():
+            print(json.dumps({"t": time.time(), "version": snap.version, "tree": snap.tree}), flush=True)
+    finally:
+        watcher.cancel()
 
 asyncio.run(main())
 """
@@ -83,12 +97,22 @@ class SourceProcess:
         t = self.ps.cpu_times()
         return t.user + t.system
 
-    async def next_tree(self, timeout: float = 10.0) -> dict:
-        """The next snapshot's tree the child printed."""
+    async def _next_line(self, timeout: float) -> dict:
         line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout)
         if not line:
             raise AssertionError("the source process exited")
-        return json.loads(line)["tree"]
+        return json.loads(line)
+
+    async def next_tree(self, timeout: float = 10.0) -> dict:
+        """The next snapshot's tree the child printed (outage notices are skipped)."""
+        while "tree" not in (record := await self._next_line(timeout)):
+            pass
+        return record["tree"]
+
+    async def outage_noticed(self, timeout: float = 10.0) -> None:
+        """Wait until the child's source reports the outage (its `stale_since` is set)."""
+        while "stale_since" not in await self._next_line(timeout):
+            pass
 
     def stop(self) -> None:
         """Kill the child and reap it."""
