@@ -105,7 +105,31 @@ def run(args: argparse.Namespace) -> int:
         admin_socket=args.admin_socket.absolute() if args.admin_socket else None,
         models_root=args.models_root.absolute() if args.models_root else None,
     )
-    return asyncio.run(_serve(options))
+    code = asyncio.run(_serve(options))
+    _exit_past_stuck_threads(code)
+    return code
+
+
+def _exit_past_stuck_threads(code: int) -> None:
+    """Exit now if a runtime still holds a worker thread after the server stopped.
+
+    Python joins executor threads at exit; a load or inference stuck inside a runtime
+    would keep a stopped server (and its supervisor's SIGTERM) waiting forever."""
+    import logging
+    import os
+    import sys
+    import threading
+
+    import agent.log
+
+    stuck = sorted(t.name for t in threading.enumerate()
+                   if t.name.startswith(("loading", "inference")) and t.is_alive())
+    if stuck:
+        agent.log.get(__name__).warning("exiting past threads still inside a runtime", threads=stuck)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _flag(text: str, name: str) -> bool:
@@ -130,13 +154,27 @@ async def _serve(options) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = ModelServer(options)
+    # The initial load can take long (or hang inside a runtime): a stop request must
+    # not wait for it.
+    starting = asyncio.create_task(server.start(), name="start")
+    stopping = asyncio.create_task(stop.wait(), name="wait-for-stop")
+    code = 0
     try:
-        await server.start()
-    except OSError as e:
-        log.error("model server cannot start", error=str(e), host=options.host)
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            try:
+                starting.result()
+            except OSError as e:
+                log.error("model server cannot start", error=str(e), host=options.host)
+                code = 1
+            else:
+                await stopping
+        else:
+            log.info("stop requested during the initial load")
+    finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+        log.info("stopping model server")
         await server.stop()
-        return 1
-    await stop.wait()
-    log.info("stopping model server")
-    await server.stop()
-    return 0
+    return code
