@@ -251,6 +251,9 @@ class Reconciler:
     def _update_status(self, state: ClusterState) -> None:
         self.status.node = asdict(state.me)
         self.status.params = state.params.public()
+        percent = state.params.model_canary_percent
+        self.status.models = [{**m.to_dict(), "canary_percent": percent if m.label("canary") is not None else 0}
+                              for m in state.params.models]
         active = {n.instance_id for n in state.active_serving_nodes}
         self.status.serving_nodes = [{**asdict(n), "active": n.instance_id in active} for n in state.serving_nodes]
         self.status.repo_node = asdict(state.repo_node) if state.repo_node else None

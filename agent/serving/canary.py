@@ -1,8 +1,10 @@
 """The canary split: which version serves a request that names no version or label.
 
-A model whose config has a `canary` label sends `percent` of those requests to that
-version and the rest to its `stable` label (or, without one, to its newest version other
-than the canary). The split is deterministic, not random: a running credit sends exactly
+A model whose config has a `canary` label and which the traffic file lists sends
+`percent` of those requests to that version and the rest to its `stable` label (or,
+without one, to its newest version other than the canary). A model the file does not
+list keeps TF Serving's rule (the newest version), so the server alone, without the
+file, answers exactly as TF Serving does. The split is deterministic, not random: a running credit sends exactly
 `percent` of every 100 requests to the canary (spread evenly, Bresenham-style), so a
 node's share never drifts and a test can count it. The percentages come from the
 traffic file (`--traffic_file`, JSON `{"canary_percent": {"model": 20}}`) that the agent
@@ -80,6 +82,10 @@ class CanarySplit:
             log.info("canary split", canary_percent=dict(sorted(percents.items())))
         self._percent = dict(percents)
         self._credit = {m: c for m, c in self._credit.items() if m in self._percent}
+
+    def applies(self, model: str) -> bool:
+        """True when the traffic file lists `model`: its canary label takes part in a split."""
+        return model in self._percent
 
     def percent(self, model: str) -> int:
         """The share of unversioned requests that go to the canary of `model`."""

@@ -228,12 +228,12 @@ class ModelManager:
         return chosen
 
     def _unversioned(self, name: str, states: dict[int, _Version], split: bool) -> Servable | None:
-        """For a model with a `canary` label: the canary for its share of inference
+        """For a model with a `canary` label in the split: the canary for its share of inference
         requests, else `stable`, else the newest version other than the canary; None
         when the model has no canary label or none of those is AVAILABLE."""
         config = self._configs.get(name)
         canary = config.label_version(CANARY) if config else None
-        if canary is None:
+        if canary is None or not self.canary.applies(name):
             return None
         picks = []
         if split and self.canary.take(name):
