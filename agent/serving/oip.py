@@ -268,7 +268,11 @@ def servable(manager: ModelManager, name: str, version: str, *, infer: bool = Fa
     ModelManager.servable; `infer` for an inference request); TF Serving's errors otherwise."""
     if not name:
         raise invalid_argument("missing model name")
-    return manager.servable(name, *parse_version(version), infer=infer)
+    number, label = parse_version(version)
+    if label is not None and label not in manager.labels(name):
+        raise invalid_argument(f"model version must be a non-negative integer or a version label of {_short(name)}, "
+                               f"got {_short(version)}")
+    return manager.servable(name, number, label, infer=infer)
 
 
 def _signature(servable: Servable) -> Signature:
