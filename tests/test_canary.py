@@ -200,6 +200,18 @@ async def test_twenty_percent_of_2000_unversioned_rest_requests_go_to_the_canary
     wait_for(logged, 30, 0.2, "2000 predict lines in envoy.log")
     assert collections.Counter(int(v) for v in logged()) == clients.versions
 
+    # The console's Models page: each version's labels, its share and the requests it served.
+    status, body = http("GET", f"http://{node.ip}:8090/api/models")
+    assert status == 200, body
+    row = next(m for m in json.loads(body)["models"] if m["name"] == MODEL)
+    versions = {v["version"]: v for v in row["versions"]}
+    assert row["configured"] and row["policy"] == "specific 1,2" and row["server"]["canary_percent"] == 20
+    assert (versions["1"]["labels"], versions["1"]["share"], versions["1"]["serving"]) == (["stable"], 80, True)
+    assert (versions["2"]["labels"], versions["2"]["share"], versions["2"]["serving"]) == (["canary"], 20, False)
+    assert versions["1"]["requests"] >= clients.versions[1] and versions["2"]["requests"] >= clients.versions[2]
+    status, page = http("GET", f"http://{node.ip}:8090/models")
+    assert status == 200 and b"canary 20 %" in page and b"20 % of unversioned" in page
+
 
 async def test_unversioned_grpc_requests_split_alike_on_both_protocols(node):
     import tritonclient.grpc as tgrpc
