@@ -250,7 +250,7 @@ class Agent:
                 self._saved_tree = snap.tree
             # Only serving nodes keep local copies; the model_repo node holds the store itself.
             serving = state.me.role is Role.MODEL_SERVING
-            self.syncer.update(store_config_for(state) if serving else None, state.params.model_name,
+            self.syncer.update(store_config_for(state) if serving else None, state.params.model_names,
                                state.params.model_sync_interval)
             self.repo.update(state)
             self.commands.submit(state.cmd)

@@ -64,9 +64,11 @@ def server_argv(
     raise ValueError(f"unknown model server backend {backend!r}")
 
 
-def builtin_flags(params, cache_dir: Path) -> tuple[str, ...]:
-    """The built-in server's flags for the serving.runtime/precision/batching parameters."""
-    return (
+def builtin_flags(params, cache_dir: Path, traffic_file: Path | None = None) -> tuple[str, ...]:
+    """The built-in server's flags for the serving.runtime/precision/batching parameters
+    (and the canary split's file, when given)."""
+    traffic = (f"--traffic_file={traffic_file}",) if traffic_file is not None else ()
+    return traffic + (
         f"--runtime={params.serving_runtime}",
         f"--precision={params.serving_precision}",
         f"--compile_cache_dir={cache_dir}",

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the network ports always refuse them")
     parser.add_argument("--models_root", type=Path,
                         help="refuse any config whose base_path lies outside this directory")
+    parser.add_argument("--traffic_file", type=Path,
+                        help="JSON {\"canary_percent\": {model: percent}}: the share of unversioned requests sent "
+                             "to each model's `canary` label; reread with the config file")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=args.port,
         rest_port=args.rest_api_port,
         models_config=args.model_config_file.absolute() if args.model_config_file else None,
+        traffic_file=args.traffic_file.absolute() if args.traffic_file else None,
         config_poll_seconds=args.model_config_file_poll_wait_seconds,
         fs_poll_seconds=args.file_system_poll_wait_seconds,
         threads=max(0, args.intra_op_threads),

@@ -14,6 +14,7 @@ import agent.log
 from agent.serving import inference, limits, tensors
 from agent.serving.config import ConfigError, from_proto
 from agent.serving.errors import ServingError, invalid_argument
+from agent.serving.canary import served_by
 from agent.serving.manager import ModelManager
 from agent.serving.protos import (
     classification_pb2,
@@ -87,12 +88,15 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
 
     async def _infer(self, context, request, work: Callable):
         async def run():
-            servable = self._manager.servable(*_spec_target(request.model_spec))
+            servable = self._manager.servable(*_spec_target(request.model_spec), infer=True)
             self._admission.enter()
             try:
-                return await self._off_loop(lambda: work(servable, request))
+                response = await self._off_loop(lambda: work(servable, request))
             finally:
                 self._admission.leave()
+            # Only on success: an error stays a trailers-only answer, which Envoy can retry.
+            await context.send_initial_metadata(tuple(served_by(servable).items()))
+            return response
 
         return await self._call(context, run)
 

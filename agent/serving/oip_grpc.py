@@ -18,6 +18,7 @@ import numpy as np
 
 import agent.log
 from agent.serving import limits, oip
+from agent.serving.canary import served_by
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
 from agent.serving.protos import grpc_service_pb2 as pb
@@ -166,11 +167,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         async def run():
             self._admission.enter()
             try:
-                servable = oip.servable(self._manager, request.model_name, request.model_version)
+                servable = oip.servable(self._manager, request.model_name, request.model_version, infer=True)
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, _infer, servable, request)
+                response = await loop.run_in_executor(self._executor, _infer, servable, request)
             finally:
                 self._admission.leave()
+            # Only on success: an error stays a trailers-only answer, which Envoy can retry.
+            await context.send_initial_metadata(tuple(served_by(servable).items()))
+            return response
 
         return await self._call(context, run)
 

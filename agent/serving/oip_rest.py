@@ -24,6 +24,7 @@ from aiohttp import web
 
 import agent.log
 from agent.serving import limits, oip, rest_codec
+from agent.serving.canary import served_by
 from agent.serving.errors import ServingError, internal, invalid_argument, not_found
 from agent.serving.manager import ModelManager
 
@@ -101,10 +102,11 @@ class OipRestApi:
     async def _infer(self, request: web.Request, name: str, version: str) -> web.Response:
         header_length = request.headers.get(HEADER_LENGTH)
         body = await request.read()
-        servable = oip.servable(self._manager, name, version)
+        servable = oip.servable(self._manager, name, version, infer=True)
         loop = asyncio.get_running_loop()
         try:
             status, payload, headers = await loop.run_in_executor(self._executor, _infer, servable, body, header_length)
+            headers = {**headers, **served_by(servable)}
         except ServingError as e:
             return _error(e)
         except Exception as e:

@@ -18,6 +18,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from agent.serving import inference, limits, oip_rest, rest_codec
+from agent.serving.canary import CANARY, served_by
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
 from agent.serving.manager import ModelManager
@@ -123,11 +124,13 @@ class RestApi:
         return response
 
     async def _post(self, method: str, name: str, version: int | None, label: str | None, body: bytes) -> web.Response:
-        servable = self._manager.servable(name, version, label)
+        servable = self._manager.servable(name, version, label, infer=True)
         work = {"predict": _predict, "classify": _classify, "regress": _regress}[method]
         loop = asyncio.get_running_loop()
         try:
-            return _reply(200, await loop.run_in_executor(self._executor, work, servable, body))
+            response = _reply(200, await loop.run_in_executor(self._executor, work, servable, body))
+            response.headers.update(served_by(servable))
+            return response
         except ServingError as e:
             return _error(e)
         except MemoryError:
@@ -148,10 +151,15 @@ class RestApi:
         return _reply(200, text.encode())
 
     def _runtime(self, name: str) -> web.Response:
-        versions = [{"version": str(n), **servable.details()} for n, servable in self._manager.versions(name)]
+        versions = [{"version": str(n), **servable.details(), "requests": self._manager.served(name, n)}
+                    for n, servable in self._manager.versions(name)]
         if not versions:
             self._manager.status(name)  # NOT_FOUND for an unknown model, as status says it
-        return _reply(200, rest_codec.dumps({"model": name, "versions": versions}))
+        labels = self._manager.labels(name)
+        return _reply(200, rest_codec.dumps({
+            "model": name, "versions": versions, "labels": labels,
+            "canary_percent": self._manager.canary.percent(name) if CANARY in labels else 0,
+        }))
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
         servable = self._manager.servable(name, version, label)

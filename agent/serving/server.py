@@ -14,6 +14,7 @@ from aiohttp import web
 
 import agent.log
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
+from agent.serving.canary import TrafficError, read_traffic
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, confine, parse_models_config
 from agent.serving import limits
 from agent.serving.grpc_api import add_admin_services, add_services, channel_options
@@ -44,6 +45,8 @@ class ServerOptions:
     grpc_port: int = 8500
     rest_port: int = 8501
     models_config: Path | None = None
+    # The canary split per model (agent/serving/canary.py), reread with models_config.
+    traffic_file: Path | None = None
     config_poll_seconds: float = 0
     fs_poll_seconds: float = 1
     threads: int = 0  # intra-op threads per inference; 0 = the CPU count
@@ -90,6 +93,7 @@ class ModelServer:
         # One config change at a time (the file poll, an admin reload), each in the
         # order its config was read: a poll that read the old file cannot undo a reload.
         self._config_lock = asyncio.Lock()
+        self._traffic_error = ""
 
     def _load(self, name: str, version: int, path: Path) -> Servable:
         """Load, warm up and (where its signatures allow a batch dimension) batch one version."""
@@ -161,6 +165,21 @@ class ModelServer:
         self._confined(configs, "ReloadConfigRequest")
         async with self._config_lock:
             await self.manager.apply(configs)
+        await self._read_traffic()
+
+    async def _read_traffic(self) -> None:
+        """Take the traffic file's canary percentages; a bad file keeps those in force."""
+        path = self.options.traffic_file
+        if path is None:
+            return
+        try:
+            self.manager.canary.set(await asyncio.to_thread(read_traffic, path))
+        except TrafficError as e:
+            if str(e) != self._traffic_error:
+                log.error("traffic file rejected, keeping the canary split in force", error=str(e))
+            self._traffic_error = str(e)
+        else:
+            self._traffic_error = ""
 
     async def _read_config(self) -> list[ModelConfig] | None:
         """The config file's models if its text changed and parses; None otherwise."""
@@ -193,11 +212,13 @@ class ModelServer:
         if configs is not None:
             async with self._config_lock:
                 await self.manager.apply(configs)
+        await self._read_traffic()
 
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(self.options.config_poll_seconds)
             try:
+                await self._read_traffic()
                 async with self._config_lock:
                     configs = await self._read_config()
                     if configs is not None:
