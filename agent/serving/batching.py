@@ -24,6 +24,7 @@ import numpy as np
 
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument, unavailable
+from agent.serving.metrics import ServingMetrics
 from agent.serving.servable import Servable
 
 log = agent.log.get(__name__)
@@ -87,7 +88,7 @@ def batch_graphs(servable: Servable) -> set[str]:
 class BatchingServable(Servable):
     """A servable whose runs are merged into batches; everything else is the wrapped one's."""
 
-    def __init__(self, inner: Servable, options: BatchingOptions):
+    def __init__(self, inner: Servable, options: BatchingOptions, metrics: ServingMetrics | None = None):
         super().__init__(inner.name, inner.version, inner.path)
         self.inner = inner
         self.signatures = inner.signatures
@@ -96,6 +97,7 @@ class BatchingServable(Servable):
         self.signature_defs = inner.signature_defs
         self.refused = inner.refused
         self.options = options
+        self._metrics = metrics
         self._graphs = batch_graphs(inner)
         self._queue: deque[_Task] = deque()
         self._cond = threading.Condition()
@@ -204,12 +206,15 @@ class BatchingServable(Servable):
         return None
 
     def _run_batch(self, batch: list[_Task]) -> None:
+        total = sum(t.rows for t in batch)
+        size = total if len(batch) == 1 else _allowed(total, self.options.allowed_batch_sizes)
+        if self._metrics is not None:
+            now = time.monotonic()
+            self._metrics.record_batch(self.name, total, size, [now - t.enqueued for t in batch])
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
         first = batch[0]
-        total = sum(t.rows for t in batch)
-        size = _allowed(total, self.options.allowed_batch_sizes)
         try:
             feeds = _merge([t.feeds for t in batch], size - total, self.options.pad_variable_length_inputs)
             results = self.inner.run(feeds, first.output_names, first.graph)

@@ -15,6 +15,7 @@ from agent.serving import inference, limits, tensors
 from agent.serving.config import ConfigError, from_proto
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
+from agent.serving.metrics import ServingMetrics
 from agent.serving.protos import (
     classification_pb2,
     error_codes_pb2,
@@ -62,10 +63,12 @@ def _examples(request_input) -> tuple[list[dict], dict | None]:
 
 
 class _Base:
-    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None):
+    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None,
+                 metrics: ServingMetrics | None = None):
         self._manager = manager
         self._executor = executor
         self._admission = admission or limits.Admission()
+        self._metrics = metrics or ServingMetrics(manager.configured)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable]):
         try:
@@ -85,28 +88,30 @@ class _Base:
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, Classify, Regress and GetModelMetadata."""
 
-    async def _infer(self, context, request, work: Callable):
+    async def _infer(self, context, request, work: Callable, api: str):
         async def run():
-            servable = self._manager.servable(*_spec_target(request.model_spec))
-            self._admission.enter()
-            try:
-                return await self._off_loop(lambda: work(servable, request))
-            finally:
-                self._admission.leave()
+            with self._metrics.request(api, "GRPC", request.model_spec.name) as call:
+                servable = self._manager.servable(*_spec_target(request.model_spec))
+                call.served(servable)
+                self._admission.enter()
+                try:
+                    return await self._off_loop(lambda: work(servable, request))
+                finally:
+                    self._admission.leave()
 
         return await self._call(context, run)
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):
         """Run a signature on the request's tensors."""
-        return await self._infer(context, request, _predict)
+        return await self._infer(context, request, _predict, "Predict")
 
     async def Classify(self, request: classification_pb2.ClassificationRequest, context):
         """Classify tf.Examples with a classify signature."""
-        return await self._infer(context, request, _classify)
+        return await self._infer(context, request, _classify, "Classify")
 
     async def Regress(self, request: regression_pb2.RegressionRequest, context):
         """Regress tf.Examples with a regress signature."""
-        return await self._infer(context, request, _regress)
+        return await self._infer(context, request, _regress, "Regress")
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         """The model's signature_def map (the only metadata field TF Serving knows)."""
@@ -262,10 +267,11 @@ def _add_prediction_service(server: grpc.aio.Server, servicer: PredictionService
 
 
 def add_services(
-    server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None
+    server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> None:
     """Register both TF Serving services on a public gRPC server (no admin call)."""
-    _add_prediction_service(server, PredictionService(manager, executor, admission))
+    _add_prediction_service(server, PredictionService(manager, executor, admission, metrics))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), server)
 
 

@@ -72,6 +72,10 @@ class ModelManager:
         # interpreter exit aborts the process (a daemon thread unwound inside OpenVINO).
         self._closing: list[Servable] = []
 
+    def configured(self, name: str) -> bool:
+        """Whether models.config names this model."""
+        return name in self._configs
+
     @property
     def configs(self) -> list[ModelConfig]:
         """The model configs in force."""
