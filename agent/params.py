@@ -48,6 +48,7 @@ class Params:
     serving_batching_num_batch_threads: int = 1
     serving_batching_allowed_batch_sizes: str = ""
     serving_batching_pad_variable_length_inputs: bool = False
+    web_charts_interval: int = 5
 
     @property
     def tls(self) -> bool:
