@@ -113,7 +113,7 @@ class _Seen:
     nodes: dict[str, Counters] = field(default_factory=dict)
     models: dict[str, Counters] = field(default_factory=dict)
     upstreams: dict[str, Counters] = field(default_factory=dict)
-    applied: tuple = ()
+    applied_version: str | None = None
     rejected_at: float | None = None
     model: str | None = None
     serving: set[str] | None = None
@@ -187,10 +187,11 @@ class Sampler:
 
     def _events(self, status: dict[str, Any], scrapes: dict[str, ServerScrape], health: dict[str, bool], now: float) -> None:
         seen, add = self._seen, self.timeline.add_event
+        # By version: the same snapshot applied again (a switch in progress) is no new event.
         applied = (status.get("applied_version"), status.get("applied_at"))
-        if applied[1] and applied != seen.applied:
+        if applied[1] and applied[0] != seen.applied_version:
             add("applied", f"metadata {applied[0]} applied", applied[1])
-            seen.applied = applied
+            seen.applied_version = applied[0]
         rejection = status.get("last_rejection") or {}
         if rejection.get("at") and rejection.get("at") != seen.rejected_at:
             reasons = rejection.get("reasons") or [""]

@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -126,40 +127,93 @@ def rates(now: Mapping[str, Counters], before: Mapping[str, Counters], seconds: 
     return out
 
 
+METRICS = ("rps", "err", "p50", "p99")
+
+
+def _values(r: Rates) -> tuple[float | None, ...]:
+    """A point's values as the charts draw them (rounded once, when sampled)."""
+    return (round(r.rps, 3), round(100 * r.error_rate, 2), _ms(r.p50_ms), _ms(r.p99_ms))
+
+
+class _Series:
+    """One series' columns, aligned with the timeline's times."""
+
+    def __init__(self, missing: int):
+        self.columns = [deque([None] * missing) for _ in METRICS]
+        self.present = 0  # points that have a value: at 0 the series is dropped
+
+
 class Timeline:
-    """The ring of points and events; written by the sampler, read by the console."""
+    """The ring of samples, kept as columns (what the charts ask for), and the events;
+    written by the sampler, read by the console."""
 
     def __init__(self, window: float = WINDOW_SECONDS, max_points: int = MAX_POINTS, max_events: int = MAX_EVENTS):
         self.window = window
-        self._points: deque[Point] = deque(maxlen=max_points)
+        self.max_points = max_points
+        self._t: deque[float] = deque()
+        self._series: dict[str, dict[str, _Series]] = {group: {} for group in GROUPS}
         self._events: deque[Event] = deque(maxlen=max_events)
         self._lock = threading.Lock()  # the bench and tests read from other threads
         self.interval = 5.0
 
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def times(self) -> list[float]:
+        """The sample times, oldest first."""
+        with self._lock:
+            return list(self._t)
+
     def add_point(self, point: Point) -> None:
         """Append a sample; the oldest go when the ring is full or past the window."""
         with self._lock:
-            self._points.append(point)
+            if len(self._t) >= self.max_points:
+                self._drop_oldest()
+            count = len(self._t)
+            self._t.append(round(point.t, 3))
+            for group in GROUPS:
+                values = getattr(point, group)
+                series = self._series[group]
+                for key in values:
+                    if key not in series and len(series) < MAX_SERIES:
+                        series[key] = _Series(count)
+                for key, s in series.items():
+                    r = values.get(key)
+                    if r is None:
+                        for column in s.columns:
+                            column.append(None)
+                    else:
+                        for column, value in zip(s.columns, _values(r)):
+                            column.append(value)
+                        s.present += 1
             self._prune(point.t)
+
+    def _drop_oldest(self) -> None:
+        self._t.popleft()
+        for series in self._series.values():
+            for key in list(series):
+                s = series[key]
+                had = s.columns[0][0] is not None
+                for column in s.columns:
+                    column.popleft()
+                if had:
+                    s.present -= 1
+                    if s.present == 0:
+                        del series[key]
 
     def add_event(self, kind: str, text: str, t: float | None = None) -> None:
         """Record an event for a marker."""
         event = Event(t if t is not None else time.time(), kind, text[:MAX_EVENT_TEXT])
         with self._lock:
             self._events.append(event)
-            self._prune(max(event.t, self._points[-1].t if self._points else event.t))
+            self._prune(max(event.t, self._t[-1] if self._t else event.t))
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window
-        while self._points and self._points[0].t < horizon:
-            self._points.popleft()
+        while self._t and self._t[0] < horizon:
+            self._drop_oldest()
         while self._events and self._events[0].t < horizon:
             self._events.popleft()
-
-    def points(self) -> list[Point]:
-        """Every point in the ring, oldest first."""
-        with self._lock:
-            return list(self._points)
 
     def events(self) -> list[Event]:
         """Every event in the window, oldest first."""
@@ -167,26 +221,21 @@ class Timeline:
             return sorted(self._events, key=lambda e: e.t)
 
     def columns(self, since: float = 0.0) -> dict:
-        """The points after `since` as columns for the charts, and every event of the window
-        (few, and an event may be dated before the last point):
+        """The samples after `since` as columns for the charts, and every event of the window
+        (few, and an event may be dated before the last sample):
         {t: [...], events: [...], nodes|models|upstreams: {key: {rps, err, p50, p99: [...]}}}."""
         with self._lock:
-            points = [p for p in self._points if p.t > since]
-            events = list(self._events)
-        out: dict = {"interval": self.interval, "window": self.window, "t": [round(p.t, 3) for p in points],
-                     "events": [{"t": round(e.t, 3), "kind": e.kind, "text": e.text} for e in sorted(events, key=lambda e: e.t)]}
-        for group in GROUPS:
-            keys = sorted({k for p in points for k in getattr(p, group)})[:MAX_SERIES]
-            series = {}
-            for key in keys:
-                column = [getattr(p, group).get(key) for p in points]
-                series[key] = {
-                    "rps": [round(r.rps, 3) if r else None for r in column],
-                    "err": [round(100 * r.error_rate, 2) if r else None for r in column],
-                    "p50": [_ms(r.p50_ms) if r else None for r in column],
-                    "p99": [_ms(r.p99_ms) if r else None for r in column],
-                }
-            out[group] = series
+            start = len(self._t)
+            for t in reversed(self._t):
+                if t <= since:
+                    break
+                start -= 1
+            out: dict = {"interval": self.interval, "window": self.window, "t": list(islice(self._t, start, None)),
+                         "events": [{"t": round(e.t, 3), "kind": e.kind, "text": e.text}
+                                    for e in sorted(self._events, key=lambda e: e.t)]}
+            for group in GROUPS:
+                out[group] = {key: {m: list(islice(c, start, None)) for m, c in zip(METRICS, s.columns)}
+                              for key, s in sorted(self._series[group].items())}
         return out
 
 

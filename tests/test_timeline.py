@@ -82,18 +82,27 @@ def test_memory_stays_bounded_under_an_hour_of_samples_and_more():
         later, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(timeline.points()) == 3600
-    assert timeline.points()[0].t == t0 + 2 * 3600
+    assert len(timeline) == 3600
+    assert timeline.times()[0] == t0 + 2 * 3600
     assert len(timeline.events()) <= 500 and all(len(e.text) == MAX_EVENT_TEXT for e in timeline.events())
     assert full < 40 * 1024 * 1024
     assert later - full < 2 * 1024 * 1024 + 500 * (MAX_EVENT_TEXT + 200), (full, later)
+
+
+def test_series_that_leave_the_window_leave_the_charts():
+    timeline = Timeline(window=100.0, max_points=10)
+    timeline.add_point(Point(1.0, nodes={"gone": Rates(1.0, 0.0)}))
+    for i in range(2, 12):
+        timeline.add_point(Point(float(i), nodes={"stays": Rates(2.0, 0.0)}))
+    columns = timeline.columns()
+    assert list(columns["nodes"]) == ["stays"] and len(columns["t"]) == 10
 
 
 def test_a_shortened_window_drops_old_points_and_events_by_age():
     timeline = Timeline(window=10.0, max_points=1000)
     for i in range(100):
         timeline.add_point(_point(1000.0 + i * 0.5))
-    assert [p.t for p in timeline.points()][0] >= 1000.0 + 99 * 0.5 - 10.0
+    assert timeline.times()[0] >= 1000.0 + 99 * 0.5 - 10.0
     columns = timeline.columns(since=1000.0 + 99 * 0.5 - 1.0)
     assert len(columns["t"]) == 2 and set(columns["nodes"]) == {"127.0.0.0", "127.0.0.1", "127.0.0.2"}
     assert columns["nodes"]["127.0.0.1"]["rps"] == [12.5, 12.5] and columns["nodes"]["127.0.0.1"]["err"] == [1.0, 1.0]

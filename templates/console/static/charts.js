@@ -104,7 +104,7 @@
       if (chart.plot) { chart.plot.destroy(); }
       var box = chart.fig.querySelector(".plot");
       chart.plot = new uPlot({
-        width: Math.max(320, Math.min(560, chart.fig.parentNode.clientWidth / 2 - 30)),
+        width: Math.max(300, Math.min(560, Math.floor(chart.fig.parentNode.clientWidth / 3) - 40)),
         height: 190,
         series: s.series,
         scales: { x: { time: true } },
