@@ -49,6 +49,7 @@ class Params:
     serving_batching_allowed_batch_sizes: str = ""
     serving_batching_pad_variable_length_inputs: bool = False
     web_charts_interval: int = 5
+    tracing_otlp_endpoint: str = ""
 
     @property
     def tls(self) -> bool:

@@ -65,8 +65,10 @@ def server_argv(
 
 
 def builtin_flags(params, cache_dir: Path) -> tuple[str, ...]:
-    """The built-in server's flags for the serving.runtime/precision/batching parameters."""
-    return (
+    """The built-in server's flags for the serving.runtime/precision/batching parameters
+    (and tracing.otlp.endpoint when set: an unset one leaves the command line as it was)."""
+    tracing = (f"--otlp_endpoint={params.tracing_otlp_endpoint}",) if params.tracing_otlp_endpoint else ()
+    return tracing + (
         f"--runtime={params.serving_runtime}",
         f"--precision={params.serving_precision}",
         f"--compile_cache_dir={cache_dir}",

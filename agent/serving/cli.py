@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the network ports always refuse them")
     parser.add_argument("--models_root", type=Path,
                         help="refuse any config whose base_path lies outside this directory")
+    parser.add_argument("--otlp_endpoint", default="",
+                        help="OTLP/gRPC collector host:port for the server's spans (default: no tracing)")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests or limits.MAX_CONCURRENT_REQUESTS,
         admin_socket=args.admin_socket.absolute() if args.admin_socket else None,
         models_root=args.models_root.absolute() if args.models_root else None,
+        otlp_endpoint=args.otlp_endpoint,
     )
     return asyncio.run(_serve(options))
 

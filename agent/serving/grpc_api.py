@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import any_pb2
 
 import agent.log
-from agent.serving import inference, limits, tensors
+from agent.serving import inference, limits, tensors, tracing
 from agent.serving.config import ConfigError, from_proto
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
@@ -82,7 +82,12 @@ class _Base:
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
     async def _off_loop(self, work: Callable):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, tracing.in_context(work))
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's metadata (trace context headers among it)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -90,7 +95,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
 
     async def _infer(self, context, request, work: Callable, api: str):
         async def run():
-            with self._metrics.request(api, "GRPC", request.model_spec.name) as call:
+            with self._metrics.request(api, "GRPC", request.model_spec.name, _metadata(context)) as call:
                 servable = self._manager.servable(*_spec_target(request.model_spec))
                 call.served(servable)
                 self._admission.enter()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
+from agent.serving import tracing
 from agent.serving.errors import ServingError
 from agent.serving.protos import error_codes_pb2 as codes
 
@@ -126,9 +127,10 @@ class ServingMetrics:
                 histogram = series[labels] = _Histogram(bounds)
             histogram.observe(value)
 
-    def request(self, api: str, entrypoint: str, model: str) -> "RequestRecord":
-        """Start counting one inference request (use as a context manager)."""
-        return RequestRecord(self, api, entrypoint, self.model_label(model))
+    def request(self, api: str, entrypoint: str, model: str, carrier: Mapping[str, str] | None = None) -> "RequestRecord":
+        """Start counting one inference request (use as a context manager); with tracing
+        on, also its server span, joined to the `traceparent` in `carrier` (headers)."""
+        return RequestRecord(self, api, entrypoint, self.model_label(model), carrier)
 
     def record_request(self, model: str, version: str, api: str, entrypoint: str, code: int, seconds: float) -> None:
         """Count one finished request and its latency (model already a label value)."""
@@ -182,10 +184,12 @@ class ServingMetrics:
 
 
 class RequestRecord:
-    """One inference request being counted: the handler says which version served it
-    (`served`) and how it ended (`fail`, or a ServingError leaving the `with` block)."""
+    """One inference request being counted (and traced, when tracing is on): the handler
+    says which version served it (`served`) and how it ended (`fail`, or a ServingError
+    leaving the `with` block)."""
 
-    def __init__(self, metrics: ServingMetrics, api: str, entrypoint: str, model: str):
+    def __init__(self, metrics: ServingMetrics, api: str, entrypoint: str, model: str,
+                 carrier: Mapping[str, str] | None = None):
         self._metrics = metrics
         self.api = api
         self.entrypoint = entrypoint
@@ -193,6 +197,7 @@ class RequestRecord:
         self.version = ""
         self.code = codes.OK
         self._started = 0.0
+        self._span = tracing.request_span(api, carrier or {}, {"model": model, "entrypoint": entrypoint})
 
     def served(self, servable) -> None:
         """The loaded version that takes the request."""
@@ -205,6 +210,7 @@ class RequestRecord:
 
     def __enter__(self) -> "RequestRecord":
         self._started = time.perf_counter()
+        self._span.__enter__()
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -218,3 +224,4 @@ class RequestRecord:
             self.code = codes.CANCELLED
         self._metrics.record_request(self.model, self.version, self.api, self.entrypoint, self.code,
                                      time.perf_counter() - self._started)
+        self._span.__exit__(kind, error, traceback)

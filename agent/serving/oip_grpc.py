@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 import agent.log
-from agent.serving import limits, oip
+from agent.serving import limits, oip, tracing
 from agent.serving.metrics import ServingMetrics
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
@@ -167,13 +167,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """Run one inference."""
 
         async def run():
-            with self._metrics.request("ModelInfer", "GRPC", request.model_name) as call:
+            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            with self._metrics.request("ModelInfer", "GRPC", request.model_name, metadata) as call:
                 self._admission.enter()
                 try:
                     servable = oip.servable(self._manager, request.model_name, request.model_version)
                     call.served(servable)
                     loop = asyncio.get_running_loop()
-                    return await loop.run_in_executor(self._executor, _infer, servable, request)
+                    return await loop.run_in_executor(self._executor, tracing.in_context(_infer, servable, request))
                 finally:
                     self._admission.leave()
 

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 import agent.log
-from agent.serving import limits, oip, rest_codec
+from agent.serving import limits, oip, rest_codec, tracing
 from agent.serving.metrics import RequestRecord, ServingMetrics
 from agent.serving.errors import ServingError, internal, invalid_argument, not_found
 from agent.serving.manager import ModelManager
@@ -81,7 +81,7 @@ class OipRestApi:
                 name, version = unquote(m.group(1)), unquote(m.group(2) or "")
                 action = m.group(3)
                 if method == "POST" and action == "infer":
-                    with self._metrics.request("ModelInfer", "REST", name) as call:
+                    with self._metrics.request("ModelInfer", "REST", name, request.headers) as call:
                         self._admission.enter()
                         try:
                             return await self._infer(request, name, version, call)
@@ -110,7 +110,8 @@ class OipRestApi:
         call.served(servable)
         loop = asyncio.get_running_loop()
         try:
-            status, payload, headers = await loop.run_in_executor(self._executor, _infer, servable, body, header_length)
+            status, payload, headers = await loop.run_in_executor(
+                self._executor, tracing.in_context(_infer, servable, body, header_length))
         except ServingError as e:
             return _error(call.fail(e))
         except Exception as e:

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from google.protobuf import json_format
 
-from agent.serving import inference, limits, oip_rest, rest_codec
+from agent.serving import inference, limits, oip_rest, rest_codec, tracing
 from agent.serving import metrics as serving_metrics
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
@@ -86,7 +86,7 @@ class RestApi:
         try:
             if request.method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
                 api = m.group(4).capitalize()  # TF Serving's API label: Predict, Classify, Regress
-                with self._metrics.request(api, "REST", unquote(m.group(1) or "")) as call:
+                with self._metrics.request(api, "REST", unquote(m.group(1) or ""), request.headers) as call:
                     return await self._admitted(request, m, call)
             if request.method == "GET" and (m := _RUNTIME_PATH.fullmatch(path)):
                 return self._runtime(unquote(m.group(1)))
@@ -143,7 +143,7 @@ class RestApi:
         work = {"predict": _predict, "classify": _classify, "regress": _regress}[method]
         loop = asyncio.get_running_loop()
         try:
-            return _reply(200, await loop.run_in_executor(self._executor, work, servable, body))
+            return _reply(200, await loop.run_in_executor(self._executor, tracing.in_context(work, servable, body)))
         except ServingError as e:
             return _error(call.fail(e))
         except MemoryError:

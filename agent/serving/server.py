@@ -16,7 +16,7 @@ from aiohttp import web
 import agent.log
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, confine, parse_models_config
-from agent.serving import limits
+from agent.serving import limits, tracing
 from agent.serving.grpc_api import add_admin_services, add_services, channel_options
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
@@ -62,6 +62,8 @@ class ServerOptions:
     admin_socket: Path | None = None
     # Every base_path a config names must lie under this directory, when given.
     models_root: Path | None = None
+    # OTLP/gRPC collector (host:port) for the server's spans; "" = no tracing.
+    otlp_endpoint: str = ""
 
 
 def _address(host: str, port: int) -> str:
@@ -116,7 +118,10 @@ class ModelServer:
         self.metrics.record_load(str(path), True, time.perf_counter() - started)
         log.info("model version warmed up", model=name, version=version, runtime=servable.runtime,
                  precision=servable.precision, batching=batched, warmup=done)
-        return BatchingServable(servable, batching, self.metrics) if batched else servable
+        if batched:
+            return BatchingServable(servable, batching, self.metrics)
+        servable.run = tracing.traced_run(servable.run)  # a `run` span per call when tracing is on
+        return servable
 
     async def start(self) -> None:
         """Load the configured models, then listen on the REST and gRPC ports.
@@ -125,6 +130,7 @@ class ModelServer:
         restarted server refuses connections (which Envoy retries elsewhere) instead of
         answering requests for models it has not loaded yet."""
         o = self.options
+        tracing.setup(o.otlp_endpoint)
         await self._initial_load()
         if o.rest_port:  # 0 disables REST, as in tensorflow_model_server
             rest = RestApi(self.manager, self._inference, self._admission, o.max_request_bytes, self.metrics)
@@ -242,4 +248,5 @@ class ModelServer:
         await self.manager.close()
         self._inference.shutdown(wait=False, cancel_futures=True)
         self._loading.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(tracing.shutdown)  # the spans still queued are sent
         log.info("model server stopped")
