@@ -50,6 +50,8 @@ class Params:
     serving_batching_pad_variable_length_inputs: bool = False
     web_charts_interval: int = 5
     tracing_otlp_endpoint: str = ""
+    request_log_sample_rate: float = 0.0
+    request_log_max_bytes: int = 4096
 
     @property
     def tls(self) -> bool:

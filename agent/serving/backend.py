@@ -64,10 +64,17 @@ def server_argv(
     raise ValueError(f"unknown model server backend {backend!r}")
 
 
-def builtin_flags(params, cache_dir: Path) -> tuple[str, ...]:
+REQUEST_LOG = "requests.log"
+
+
+def builtin_flags(params, cache_dir: Path, logs_dir: Path | None = None) -> tuple[str, ...]:
     """The built-in server's flags for the serving.runtime/precision/batching parameters
     (and tracing.otlp.endpoint when set: an unset one leaves the command line as it was)."""
     tracing = (f"--otlp_endpoint={params.tracing_otlp_endpoint}",) if params.tracing_otlp_endpoint else ()
+    if params.request_log_sample_rate > 0 and logs_dir is not None:  # request.log.*: likewise only when on
+        tracing += (f"--request_log_file={logs_dir / REQUEST_LOG}",
+                    f"--request_log_sample_rate={params.request_log_sample_rate:g}",
+                    f"--request_log_max_bytes={params.request_log_max_bytes}")
     return tracing + (
         f"--runtime={params.serving_runtime}",
         f"--precision={params.serving_precision}",

@@ -96,11 +96,14 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
     async def _infer(self, context, request, work: Callable, api: str):
         async def run():
             with self._metrics.request(api, "GRPC", request.model_spec.name, _metadata(context)) as call:
+                call.io(given=request)
                 servable = self._manager.servable(*_spec_target(request.model_spec))
                 call.served(servable)
                 self._admission.enter()
                 try:
-                    return await self._off_loop(lambda: work(servable, request))
+                    response = await self._off_loop(lambda: work(servable, request))
+                    call.io(answered=response)
+                    return response
                 finally:
                     self._admission.leave()
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from agent.serving import tracing
 from agent.serving.errors import ServingError
+from agent.serving.request_log import RequestLog, cut
 from agent.serving.protos import error_codes_pb2 as codes
 
 PATH = "/monitoring/prometheus/metrics"
@@ -104,8 +105,9 @@ def _number(value: float) -> str:
 class ServingMetrics:
     """Every metric of one model server; `is_model` says which names are configured."""
 
-    def __init__(self, is_model: Callable[[str], bool] = lambda name: False):
+    def __init__(self, is_model: Callable[[str], bool] = lambda name: False, request_log: RequestLog | None = None):
         self._is_model = is_model
+        self.request_log = request_log
         self._lock = threading.Lock()
         self._counters: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, _Histogram]] = {}
@@ -198,10 +200,21 @@ class RequestRecord:
         self.code = codes.OK
         self._started = 0.0
         self._span = tracing.request_span(api, carrier or {}, {"model": model, "entrypoint": entrypoint})
+        # Sampled for the request log (decided now, before any work); its input and output.
+        self.logged = metrics.request_log is not None and metrics.request_log.sampled()
+        self.input: Any = None
+        self.output: Any = None
 
     def served(self, servable) -> None:
         """The loaded version that takes the request."""
         self.version = str(servable.version)
+
+    def io(self, given: Any = None, answered: Any = None) -> None:
+        """The request's input and output (bytes, text or protobuf messages) for the request
+        log; kept only when this request is sampled."""
+        if self.logged:
+            self.input = given if given is not None else self.input
+            self.output = answered if answered is not None else self.output
 
     def fail(self, error: ServingError) -> ServingError:
         """Record the error the request is answered with; returns it."""
@@ -222,6 +235,14 @@ class RequestRecord:
             self.code = codes.INTERNAL
         elif error is not None:  # cancelled: the client went away
             self.code = codes.CANCELLED
-        self._metrics.record_request(self.model, self.version, self.api, self.entrypoint, self.code,
-                                     time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
+        self._metrics.record_request(self.model, self.version, self.api, self.entrypoint, self.code, seconds)
+        if self.logged and self._metrics.request_log is not None:
+            cap = self._metrics.request_log.max_bytes
+            self._metrics.request_log.write({
+                "api": self.api, "entrypoint": self.entrypoint, "model": self.model, "version": self.version,
+                "status": status_name(self.code), "latency_ms": round(seconds * 1000, 3),
+                "input": cut(self.input, cap) if self.input is not None else None,
+                "output": cut(self.output, cap) if self.output is not None else None,
+            })
         self._span.__exit__(kind, error, traceback)

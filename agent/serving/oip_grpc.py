@@ -171,10 +171,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             with self._metrics.request("ModelInfer", "GRPC", request.model_name, metadata) as call:
                 self._admission.enter()
                 try:
+                    call.io(given=request)
                     servable = oip.servable(self._manager, request.model_name, request.model_version)
                     call.served(servable)
                     loop = asyncio.get_running_loop()
-                    return await loop.run_in_executor(self._executor, tracing.in_context(_infer, servable, request))
+                    response = await loop.run_in_executor(self._executor, tracing.in_context(_infer, servable, request))
+                    call.io(answered=response)
+                    return response
                 finally:
                     self._admission.leave()
 

@@ -84,7 +84,9 @@ class OipRestApi:
                     with self._metrics.request("ModelInfer", "REST", name, request.headers) as call:
                         self._admission.enter()
                         try:
-                            return await self._infer(request, name, version, call)
+                            response = await self._infer(request, name, version, call)
+                            call.io(answered=response.body)
+                            return response
                         finally:
                             self._admission.leave()
                 if method == "GET" and action == "ready":
@@ -106,6 +108,7 @@ class OipRestApi:
     async def _infer(self, request: web.Request, name: str, version: str, call: RequestRecord) -> web.Response:
         header_length = request.headers.get(HEADER_LENGTH)
         body = await request.read()
+        call.io(given=body)
         servable = oip.servable(self._manager, name, version)
         call.served(servable)
         loop = asyncio.get_running_loop()

@@ -87,7 +87,9 @@ class RestApi:
             if request.method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
                 api = m.group(4).capitalize()  # TF Serving's API label: Predict, Classify, Regress
                 with self._metrics.request(api, "REST", unquote(m.group(1) or ""), request.headers) as call:
-                    return await self._admitted(request, m, call)
+                    response = await self._admitted(request, m, call)
+                    call.io(answered=response.body)
+                    return response
             if request.method == "GET" and (m := _RUNTIME_PATH.fullmatch(path)):
                 return self._runtime(unquote(m.group(1)))
             if request.method == "GET" and (m := _STATUS_PATH.fullmatch(path)):
@@ -124,6 +126,7 @@ class RestApi:
                     f"Request body not received within {limits.REST_BODY_TIMEOUT:g} seconds"))
                 response.force_close()
                 return response
+            call.io(given=body)
             return await self._post(m.group(4).lower(), *_target(m), body, call)
         finally:
             self._admission.leave()

@@ -21,6 +21,7 @@ from agent.serving.grpc_api import add_admin_services, add_services, channel_opt
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
 from agent.serving.metrics import ServingMetrics
+from agent.serving.request_log import RequestLog
 from agent.serving.oip_grpc import add_service as add_oip_service
 from agent.serving.rest import RestApi
 from agent.serving.runtime import RuntimeOptions
@@ -64,6 +65,10 @@ class ServerOptions:
     models_root: Path | None = None
     # OTLP/gRPC collector (host:port) for the server's spans; "" = no tracing.
     otlp_endpoint: str = ""
+    # Sampled request log: the file (None = off), the share of requests, the bytes kept of each.
+    request_log_file: Path | None = None
+    request_log_sample_rate: float = 0.0
+    request_log_max_bytes: int = 4096
 
 
 def _address(host: str, port: int) -> str:
@@ -84,7 +89,10 @@ class ModelServer:
         self._inference = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._loading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loading")
         self.manager = ModelManager(self._load, self._loading)
-        self.metrics = ServingMetrics(self.manager.configured)
+        self.request_log = (RequestLog(options.request_log_file, options.request_log_sample_rate,
+                                       options.request_log_max_bytes)
+                            if options.request_log_file is not None and options.request_log_sample_rate > 0 else None)
+        self.metrics = ServingMetrics(self.manager.configured, self.request_log)
         # One cap over both APIs: past it a request gets 503 / UNAVAILABLE at once.
         self._admission = limits.Admission(options.max_concurrent_requests)
         self._runner: web.AppRunner | None = None
@@ -249,4 +257,6 @@ class ModelServer:
         self._inference.shutdown(wait=False, cancel_futures=True)
         self._loading.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(tracing.shutdown)  # the spans still queued are sent
+        if self.request_log is not None:
+            await asyncio.to_thread(self.request_log.close)
         log.info("model server stopped")
