@@ -26,6 +26,7 @@ from agent.metrics import Metrics
 from agent.modelstore import ModelSyncer, store_config_for
 from agent.paths import Paths
 from agent.reconcile import Reconciler
+from agent.sampler import Sampler
 from agent.render import admin_address
 from agent.repo import RepoSeeder
 from agent.selfcmd import CommandRunner
@@ -33,6 +34,7 @@ from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, Clust
 from agent.status import AgentStatus
 from agent.supervisor import Supervisor
 from agent.systemd import SystemdUnits, systemd_mode
+from agent.timeline import Timeline
 
 logger = log.get(__name__)
 
@@ -74,6 +76,9 @@ class Agent:
         self.commands = CommandRunner(paths.logs, paths.state, self.metrics)
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
+        # The console's live charts: sampled only for a console.
+        self.timeline = Timeline()
+        self.sampler = Sampler(self.timeline, self.status_dict, self._envoy_admin_url, self._chart_interval)
         self._latest: Snapshot | None = None
         # Every snapshot handed to the apply loop gets the next number; `_attempt` is the
         # number of the last one the apply loop took (applied or refused), `_attempt_ok`
@@ -115,6 +120,8 @@ class Agent:
                 tg.create_task(self.commands.run(), name="commands")
                 tg.create_task(self._rotate_logs(), name="log-rotation")
                 tg.create_task(self._watch_envoy_drift(), name="envoy-drift")
+                if self._console_enabled:
+                    tg.create_task(self.sampler.run(), name="timeline")
         finally:
             await asyncio.shield(self._shutdown())
 
@@ -262,6 +269,14 @@ class Agent:
                 self._console_tls = tls
                 await self._start_console(state)
 
+    def _envoy_admin_url(self) -> str | None:
+        state = self.reconciler.state
+        return f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}" if state else None
+
+    def _chart_interval(self) -> float:
+        state = self.reconciler.state
+        return state.params.web_charts_interval if state else 5
+
     async def _start_console(self, state: ClusterState) -> None:
         ctx = ConsoleContext(
             paths=self.paths,
@@ -270,6 +285,7 @@ class Agent:
             envoy_admin_url=f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}",
             model_server_url=f"http://{state.me.ip}:{SERVING_REST_PORT}",
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
+            timeline=self.timeline,
         )
         p = state.params
         try:

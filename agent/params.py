@@ -49,6 +49,10 @@ class Params:
     serving_batching_num_batch_threads: int = 1
     serving_batching_allowed_batch_sizes: str = ""
     serving_batching_pad_variable_length_inputs: bool = False
+    web_charts_interval: int = 5
+    tracing_otlp_endpoint: str = ""
+    request_log_sample_rate: float = 0.0
+    request_log_max_bytes: int = 4096
     model_version_policy: str = "latest"
     model_version_labels: str = ""
     model_canary_percent: int = 0

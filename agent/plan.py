@@ -68,7 +68,8 @@ def make_plan(
         argv = server_argv(
             resolve_backend(state.params.serving_backend), paths.models_config, state.me.ip,
             SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),
-            builtin_flags=builtin_flags(state.params, paths.data_dir / COMPILE_CACHE_DIR, paths.serving_traffic),
+            builtin_flags=builtin_flags(state.params, paths.data_dir / COMPILE_CACHE_DIR, paths.logs,
+                                        paths.serving_traffic),
             admin_socket=paths.serving_admin_socket, models_root=paths.models,
         )
         processes.append(ProcessSpec(MODEL_SERVER, tuple(argv), paths.logs / MODEL_SERVER_LOG))

@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traffic_file", type=Path,
                         help="JSON {\"canary_percent\": {model: percent}}: the share of unversioned requests sent "
                              "to each model's `canary` label; reread with the config file")
+    parser.add_argument("--otlp_endpoint", default="",
+                        help="OTLP/gRPC collector host:port for the server's spans (default: no tracing)")
+    parser.add_argument("--request_log_file", type=Path, help="sampled request log (JSON lines); default: none")
+    parser.add_argument("--request_log_sample_rate", type=float, default=0.0,
+                        help="share of requests logged, 0 to 1 (default 0: none)")
+    parser.add_argument("--request_log_max_bytes", type=int, default=4096,
+                        help="bytes kept of each logged input and output (default 4096)")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -108,7 +115,16 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests or limits.MAX_CONCURRENT_REQUESTS,
         admin_socket=args.admin_socket.absolute() if args.admin_socket else None,
         models_root=args.models_root.absolute() if args.models_root else None,
+        otlp_endpoint=args.otlp_endpoint,
+        request_log_file=args.request_log_file.absolute() if args.request_log_file else None,
+        request_log_sample_rate=args.request_log_sample_rate,
+        request_log_max_bytes=args.request_log_max_bytes,
     )
+    if not 0.0 <= options.request_log_sample_rate <= 1.0 or options.request_log_max_bytes < 1:
+        agent.log.get(__name__).error("bad request log flags: --request_log_sample_rate must be within 0 and 1, "
+                                      "--request_log_max_bytes at least 1",
+                                      sample_rate=options.request_log_sample_rate, max_bytes=options.request_log_max_bytes)
+        return 2
     code = asyncio.run(_serve(options))
     _exit_past_stuck_threads(code)
     return code

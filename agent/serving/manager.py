@@ -77,6 +77,10 @@ class ModelManager:
         # Inference requests served per (model, version), for status and the console.
         self._served: dict[tuple[str, int], int] = {}
 
+    def configured(self, name: str) -> bool:
+        """Whether models.config names this model."""
+        return name in self._configs
+
     @property
     def configs(self) -> list[ModelConfig]:
         """The model configs in force."""

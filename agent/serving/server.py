@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,12 @@ import agent.log
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
 from agent.serving.canary import TrafficError, read_traffic
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, confine, parse_models_config
-from agent.serving import limits
+from agent.serving import limits, tracing
 from agent.serving.grpc_api import add_admin_services, add_services, channel_options
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
+from agent.serving.metrics import ServingMetrics
+from agent.serving.request_log import RequestLog
 from agent.serving.oip_grpc import add_service as add_oip_service
 from agent.serving.rest import RestApi
 from agent.serving.runtime import RuntimeOptions
@@ -63,6 +66,12 @@ class ServerOptions:
     admin_socket: Path | None = None
     # Every base_path a config names must lie under this directory, when given.
     models_root: Path | None = None
+    # OTLP/gRPC collector (host:port) for the server's spans; "" = no tracing.
+    otlp_endpoint: str = ""
+    # Sampled request log: the file (None = off), the share of requests, the bytes kept of each.
+    request_log_file: Path | None = None
+    request_log_sample_rate: float = 0.0
+    request_log_max_bytes: int = 4096
 
 
 def _address(host: str, port: int) -> str:
@@ -83,6 +92,10 @@ class ModelServer:
         self._inference = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._loading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loading")
         self.manager = ModelManager(self._load, self._loading)
+        self.request_log = (RequestLog(options.request_log_file, options.request_log_sample_rate,
+                                       options.request_log_max_bytes)
+                            if options.request_log_file is not None and options.request_log_sample_rate > 0 else None)
+        self.metrics = ServingMetrics(self.manager.configured, self.request_log)
         # One cap over both APIs: past it a request gets 503 / UNAVAILABLE at once.
         self._admission = limits.Admission(options.max_concurrent_requests)
         self._runner: web.AppRunner | None = None
@@ -97,7 +110,13 @@ class ModelServer:
 
     def _load(self, name: str, version: int, path: Path) -> Servable:
         """Load, warm up and (where its signatures allow a batch dimension) batch one version."""
-        servable = load_servable(name, version, path, self._runtime)
+        started = time.perf_counter()
+        try:
+            servable = load_servable(name, version, path, self._runtime)
+        except BaseException:
+            self.metrics.record_load(str(path), False, time.perf_counter() - started)
+            raise
+        loaded = time.perf_counter()
         batching = self.options.batching
         batched = batching.enabled and bool(batch_graphs(servable))
         sizes = (1, batching.max_batch_size) if batched else (1,)
@@ -105,10 +124,16 @@ class ModelServer:
             done = warm_up(servable, sizes)
         except BaseException:
             servable.close()
+            self.metrics.record_load(str(path), False, time.perf_counter() - started)
             raise
+        self.metrics.record_warmup(str(path), time.perf_counter() - loaded)
+        self.metrics.record_load(str(path), True, time.perf_counter() - started)
         log.info("model version warmed up", model=name, version=version, runtime=servable.runtime,
                  precision=servable.precision, batching=batched, warmup=done)
-        return BatchingServable(servable, batching) if batched else servable
+        if batched:
+            return BatchingServable(servable, batching, self.metrics)
+        servable.run = tracing.traced_run(servable.run)  # a `run` span per call when tracing is on
+        return servable
 
     async def start(self) -> None:
         """Load the configured models, then listen on the REST and gRPC ports.
@@ -117,16 +142,17 @@ class ModelServer:
         restarted server refuses connections (which Envoy retries elsewhere) instead of
         answering requests for models it has not loaded yet."""
         o = self.options
+        tracing.setup(o.otlp_endpoint)
         await self._initial_load()
         if o.rest_port:  # 0 disables REST, as in tensorflow_model_server
-            rest = RestApi(self.manager, self._inference, self._admission, o.max_request_bytes)
+            rest = RestApi(self.manager, self._inference, self._admission, o.max_request_bytes, self.metrics)
             self._runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=5)
             await self._runner.setup()
             await web.TCPSite(self._runner, o.host, o.rest_port, reuse_address=True).start()
         self._grpc = grpc.aio.server(options=channel_options(o.max_request_bytes),
                                      maximum_concurrent_rpcs=limits.MAX_GRPC_RPCS)
-        add_services(self._grpc, self.manager, self._inference, self._admission)
-        add_oip_service(self._grpc, self.manager, self._inference, self._admission)
+        add_services(self._grpc, self.manager, self._inference, self._admission, self.metrics)
+        add_oip_service(self._grpc, self.manager, self._inference, self._admission, self.metrics)
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()
@@ -251,4 +277,7 @@ class ModelServer:
         await self.manager.close()
         self._inference.shutdown(wait=False, cancel_futures=True)
         self._loading.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(tracing.shutdown)  # the spans still queued are sent
+        if self.request_log is not None:
+            await asyncio.to_thread(self.request_log.close)
         log.info("model server stopped")
