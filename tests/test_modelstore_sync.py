@@ -17,6 +17,7 @@ from test_modelstore_support import (  # noqa: F401  (fixtures)
     ServerView,
     moto_server,
     numeric_versions,
+    operator_client,
     random_bytes,
     read_tree,
     s3,
@@ -228,17 +229,17 @@ async def test_local_file_deleted_behind_the_syncs_back_is_restored(s3, tmp_path
 async def test_object_replaced_between_listing_and_download_is_not_taken(s3, tmp_path):
     client, bucket, store = s3
     upload_version(client, bucket, PREFIX, 1, {"model.onnx": b"old" * 100})
-    from agent.modelstore.client import client_for
-    from agent.modelstore.download import Counters, FetchError, Fetcher, Span
+    from agent.modelstore.download import Counters, FetchError, Fetcher
     from agent.modelstore.etag import parse_etag
     from agent.modelstore.listing import RemoteObject
+    from agent.modelstore.transport import transport_for
 
     listed = client.head_object(Bucket=bucket, Key=f"{PREFIX}1/model.onnx")
     obj = RemoteObject(f"{PREFIX}1/model.onnx", "model.onnx", 300, parse_etag(listed["ETag"]))
     upload(client, bucket, obj.key, b"new" * 100)  # same size, other bytes
-    fetcher = Fetcher(client_for(store, TEST_OPTIONS), bucket, TEST_OPTIONS, threading.Event(), Counters())
+    fetcher = Fetcher(transport_for(store, TEST_OPTIONS), TEST_OPTIONS, threading.Event(), Counters())
     with pytest.raises(FetchError) as failure:
-        fetcher.fetch_span(obj, tmp_path / "model.onnx", Span(0, 300, [300]), True)
+        fetcher.fetch_whole(obj, tmp_path / "model.onnx")
     assert failure.value.final and "PreconditionFailed" in str(failure.value)
 
 
@@ -270,18 +271,21 @@ async def test_large_object_is_verified_part_by_part_and_resumes_at_the_part_lev
     assert (tmp_path / "mnist" / "1" / "model.onnx").read_bytes() == data
 
 
-async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetches_it_afresh(s3, tmp_path):
-    client, bucket, store = s3
+@pytest.mark.parametrize("crc32,named", [(True, "CRC32 checksum"), (False, "multipart ETag")])
+async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetches_it_afresh(s3, tmp_path, crc32, named):
+    _, bucket, store = s3
+    client = operator_client(store.endpoint_url, crc32=crc32)
     part = 5 * MiB
     data = random_bytes(4 * part, 8)
     upload_version(client, bucket, PREFIX, 1, {"model.onnx": data}, part_size=part)
     two_streams = dataclasses.replace(TEST_OPTIONS, multipart_streams=2, object_attempts=1)
     async with FaultProxyDouble(store.endpoint_url) as proxy:
         via_proxy = dataclasses.replace(store, endpoint_url=proxy.endpoint)
-        # One byte of one range changes in transit: its part's MD5, and so the ETag, differ.
+        # One byte of one range changes in transit: its part's digest, and so the object's
+        # checksum (the store's CRC32, or else its multipart ETag), differ.
         proxy.inject("flip", path_contains="model.onnx", times=1)
         caught = await sync_model(via_proxy, "mnist", tmp_path, options=two_streams)
-        assert caught.error and "does not match multipart ETag" in caught.error
+        assert caught.error and f"does not match its {named}" in caught.error
         assert numeric_versions(tmp_path / "mnist") == []
         assert not (tmp_path / "mnist" / ".staging" / "1" / "model.onnx").exists()  # no part of it is trusted
         proxy.log.clear()
@@ -306,7 +310,11 @@ def test_requests_are_signed_as_botocore_signs_them(kind, endpoint, monkeypatch)
     from agent.modelstore.client import make_client
 
     store = StoreConfig(kind, endpoint, "pek3b", "AKIAEXAMPLE", "secret/key+x", "models", "repo")
-    signer = signing.Signer(make_client(store, TEST_OPTIONS), "models")
+    signer = signing.Signer(store)
+    # The URL layout (endpoint, addressing style) is the one botocore chooses.
+    presigned = make_client(store, TEST_OPTIONS).generate_presigned_url(
+        "get_object", Params={"Bucket": "models", "Key": "k"}, ExpiresIn=60)
+    assert presigned.split("?", 1)[0] == signer.base_url + "k"
     for key, params in (("repo/mnist/1/saved_model.pb", None),
                         ("repo/mnist/1/assets/vocab 词表.txt", None),
                         ("repo/a~b!'()*;:@&=$,?#[]+%.bin", None),

@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 from agent.modelstore.config import StoreConfig, SyncOptions, store_config_for
 
 if TYPE_CHECKING:
-    from agent.modelstore.client import StoreError
+    from agent.modelstore.errors import StoreError
     from agent.modelstore.seed import seed_bucket
-    from agent.modelstore.sync import SyncProgress, SyncResult, sync_model
+    from agent.modelstore.progress import Progress
+    from agent.modelstore.sync import SyncResult, sync_model
     from agent.modelstore.syncer import ModelSyncer
 
 _LAZY = {
-    "StoreError": "agent.modelstore.client",
+    "StoreError": "agent.modelstore.errors",
     "seed_bucket": "agent.modelstore.seed",
-    "SyncProgress": "agent.modelstore.sync",
+    "Progress": "agent.modelstore.progress",
     "SyncResult": "agent.modelstore.sync",
     "sync_model": "agent.modelstore.sync",
     "ModelSyncer": "agent.modelstore.syncer",

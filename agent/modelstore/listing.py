@@ -2,7 +2,8 @@
 
 One listing of the model's prefix, page after page: a model of fewer than 1,000 files
 costs one request, and no more requests are made than the keys need (a listing per
-version would add one per version, and a delimited listing one more).
+version would add one per version, and a delimited listing one more). The next page is
+asked for as soon as a page's continuation token is seen, while the page is parsed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import random
+import re
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -19,13 +21,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
-import botocore.exceptions as bexc
 import urllib3.exceptions
 
 from agent import log as agent_log
+from agent.modelstore.errors import S3Error, s3_error
 from agent.modelstore.etag import ETag, parse_etag
+from agent.modelstore.transport import Transport
 from agent.serving.versions import VERSION_RULE
-from agent.modelstore.signing import client_error, send_get
 
 log = agent_log.get(__name__)
 
@@ -90,8 +92,10 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_PAGE_BYTES = 16 << 20
 MAX_PAGES = 1000
 _RETRY_STATUS = {500, 502, 503, 504, 429}
-_RETRYABLE = (bexc.HTTPClientError, bexc.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException,
-              ConnectionError, TimeoutError)
+_RETRYABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
+# The continuation token, found without parsing the page (the parse must agree).
+_TOKEN = re.compile(rb"<NextContinuationToken>([^<]{1,4096})</NextContinuationToken>")
+_TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>", re.IGNORECASE)
 
 
 @dataclass
@@ -104,33 +108,47 @@ class _Page:
     next_token: str | None
 
 
-def _pages(client: Any, bucket: str, prefix: str, delimiter: str, attempts: int) -> list[_Page]:
+def _pages(transport: Transport, prefix: str, attempts: int) -> list[_Page]:
     """Every page of one listing. Signed and parsed here rather than by botocore, whose
-    parser costs a quarter of a second per 1,000 keys: most of a no-op sync."""
+    parser costs a quarter of a second per 1,000 keys: most of a no-op sync. The next
+    page is requested while this one is parsed."""
     pages: list[_Page] = []
-    token: str | None = None
-    while True:
+
+    def fetch(token: str | None) -> tuple[dict[str, str], bytes]:
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
-        if delimiter:
-            params["delimiter"] = delimiter
         if token:
             params["continuation-token"] = token
-        page = _retrying(lambda: _page(client, bucket, params), attempts)
-        pages.append(page)
-        if not page.next_token:
-            return pages
-        if len(pages) >= MAX_PAGES:
-            raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
-        token = page.next_token
+        return _retrying(lambda: _fetch(transport, params), attempts)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="modellist") as ahead:
+        pending: Future | None = ahead.submit(fetch, None)
+        while pending is not None:
+            headers, body = pending.result()
+            token = _peek_token(body)
+            pending = ahead.submit(fetch, token) if token and len(pages) + 1 < MAX_PAGES else None
+            page = _parse(headers, body)
+            if page.next_token != token:
+                raise ValueError("a listing page whose continuation token cannot be read")
+            pages.append(page)
+            if page.next_token and pending is None:
+                raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
+    return pages
+
+
+def _peek_token(body: bytes) -> str | None:
+    """The page's continuation token, if it is truncated (a quick scan; see _parse)."""
+    if not _TRUNCATED.search(body):
+        return None
+    found = _TOKEN.search(body)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _retrying(call: Any, attempts: int) -> Any:
     for attempt in range(1, max(1, attempts) + 1):
         try:
             return call()
-        except bexc.ClientError as e:
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status not in _RETRY_STATUS or attempt >= attempts:
+        except S3Error as e:
+            if e.status not in _RETRY_STATUS or attempt >= attempts:
                 raise
         except _RETRYABLE:
             if attempt >= attempts:
@@ -139,8 +157,10 @@ def _retrying(call: Any, attempts: int) -> Any:
     raise AssertionError("unreachable")
 
 
-def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
-    status, headers, raw = send_get(client, bucket, "", params)
+def _fetch(transport: Transport, params: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of one ListObjectsV2 answer of 200; bounded before it is read whole."""
+    answer = transport.request("", params)
+    raw = answer.body
     try:
         body = raw.read(MAX_PAGE_BYTES + 1)
     except BaseException:
@@ -150,10 +170,14 @@ def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
         raw.close()  # the rest is not read: this connection cannot be reused
     else:
         raw.release_conn()
-    if status != 200:
-        raise client_error(status, body[:65536], "ListObjectsV2")
+    if answer.status != 200:
+        raise s3_error(answer.status, body[:65536], "ListObjectsV2")
     if len(body) > MAX_PAGE_BYTES:
         raise ValueError(f"a listing page of more than {MAX_PAGE_BYTES >> 20} MiB")
+    return answer.headers, body
+
+
+def _parse(headers: dict[str, str], body: bytes) -> _Page:
     root = ElementTree.fromstring(body)
     encoded = (root.findtext(f"{_NS}EncodingType") or "") == "url"
     decode = unquote_plus if encoded else str
@@ -167,7 +191,7 @@ def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
         for c in root.iterfind(f"{_NS}Contents")
     ]
     prefixes = [decode(p.findtext(f"{_NS}Prefix") or "") for p in root.iterfind(f"{_NS}CommonPrefixes")]
-    truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
+    truncated = (root.findtext(f"{_NS}IsTruncated") or "").strip().lower() == "true"
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
     if truncated and not token:
         raise ValueError("a truncated listing page without a continuation token")
@@ -181,11 +205,11 @@ def _timestamp(value: str) -> float:
         return 0.0
 
 
-def _model_objects(client: Any, bucket: str, prefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
+def _model_objects(transport: Transport, prefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
     """Every object under `prefix`, and the store's clock at the last page."""
     out: list[tuple[str, int, str, float]] = []
     now = 0.0
-    for page in _pages(client, bucket, prefix, "", attempts):
+    for page in _pages(transport, prefix, attempts):
         out.extend(page.objects)
         now = max(now, page.date)
     return out, now
@@ -198,10 +222,10 @@ def _date(date: str | None) -> float:
         return 0.0
 
 
-async def list_model(client: Any, bucket: str, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
+async def list_model(transport: Transport, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
     """List the versions of the model stored under `prefix` (which ends in '/')."""
     loop = asyncio.get_running_loop()
-    contents, now = await loop.run_in_executor(executor, _model_objects, client, bucket, prefix, attempts)
+    contents, now = await loop.run_in_executor(executor, _model_objects, transport, prefix, attempts)
     model = RemoteModel(objects_listed=len(contents), server_time=now)
     by_version: dict[str, list[tuple[str, int, str, float]]] = {}
     for item in contents:
