@@ -4,15 +4,22 @@ One listing of the model's prefix, page after page: a model of fewer than 1,000 
 costs one request, and no more requests are made than the keys need (a listing per
 version would add one per version, and a delimited listing one more). The next page is
 asked for as soon as a page's continuation token is seen, while the page is parsed.
+A page byte for byte the same as last time is not parsed again, and a listing the same
+as last time gives last time's RemoteModel: the daemon's periodic sync of an unchanged
+model costs its requests and little else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import http.client
+import threading
 import random
 import re
 import time
+from collections import OrderedDict
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,11 +115,28 @@ class _Page:
     next_token: str | None
 
 
-def _pages(transport: Transport, prefix: str, attempts: int) -> list[_Page]:
-    """Every page of one listing. Signed and parsed here rather than by botocore, whose
-    parser costs a quarter of a second per 1,000 keys: most of a no-op sync. The next
-    page is requested while this one is parsed."""
+@dataclass
+class _Memo:
+    """The last listing of one prefix: each page's digest and parse, and the model."""
+
+    digests: list[bytes]
+    pages: list[_Page]
+    model: RemoteModel
+
+
+# (bucket URL, prefix) -> its last listing; a few models per agent.
+_memos: OrderedDict[tuple[str, str], _Memo] = OrderedDict()
+_memos_lock = threading.Lock()
+_MEMOS = 8
+
+
+def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None) -> tuple[list[_Page], list[bytes]]:
+    """Every page of one listing, and the digest of each. Signed and parsed here rather
+    than by botocore, whose parser costs a quarter of a second per 1,000 keys: most of a
+    no-op sync. The next page is requested while this one is parsed; a page identical
+    to the same page of `memo` is taken from it."""
     pages: list[_Page] = []
+    digests: list[bytes] = []
 
     def fetch(token: str | None) -> tuple[dict[str, str], bytes]:
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
@@ -126,13 +150,19 @@ def _pages(transport: Transport, prefix: str, attempts: int) -> list[_Page]:
             headers, body = pending.result()
             token = _peek_token(body)
             pending = ahead.submit(fetch, token) if token and len(pages) + 1 < MAX_PAGES else None
-            page = _parse(headers, body)
+            digest = hashlib.sha1(body).digest()
+            i = len(pages)
+            if memo is not None and i < len(memo.digests) and memo.digests[i] == digest:
+                page = dataclasses.replace(memo.pages[i], date=_date(headers.get("date")))
+            else:
+                page = _parse(headers, body)
             if page.next_token != token:
                 raise ValueError("a listing page whose continuation token cannot be read")
             pages.append(page)
+            digests.append(digest)
             if page.next_token and pending is None:
                 raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
-    return pages
+    return pages, digests
 
 
 def _peek_token(body: bytes) -> str | None:
@@ -205,14 +235,24 @@ def _timestamp(value: str) -> float:
         return 0.0
 
 
-def _model_objects(transport: Transport, prefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
-    """Every object under `prefix`, and the store's clock at the last page."""
-    out: list[tuple[str, int, str, float]] = []
-    now = 0.0
-    for page in _pages(transport, prefix, attempts):
-        out.extend(page.objects)
-        now = max(now, page.date)
-    return out, now
+def _list(transport: Transport, prefix: str, attempts: int) -> RemoteModel:
+    """List and parse (blocking); an unchanged listing gives the last one's model."""
+    key = (transport.signer.base_url, prefix)
+    with _memos_lock:
+        memo = _memos.get(key)
+    pages, digests = _pages(transport, prefix, attempts, memo)
+    now = max((page.date for page in pages), default=0.0) or time.time()
+    if memo is not None and memo.digests == digests:
+        # Its versions and objects are shared, never changed by a sync.
+        return dataclasses.replace(memo.model, server_time=now)
+    contents = [item for page in pages for item in page.objects]
+    model = _model(contents, prefix, now)
+    with _memos_lock:
+        _memos[key] = _Memo(digests, pages, model)
+        _memos.move_to_end(key)
+        while len(_memos) > _MEMOS:
+            _memos.popitem(last=False)
+    return model
 
 
 def _date(date: str | None) -> float:
@@ -224,8 +264,11 @@ def _date(date: str | None) -> float:
 
 async def list_model(transport: Transport, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
     """List the versions of the model stored under `prefix` (which ends in '/')."""
-    loop = asyncio.get_running_loop()
-    contents, now = await loop.run_in_executor(executor, _model_objects, transport, prefix, attempts)
+    return await asyncio.get_running_loop().run_in_executor(executor, _list, transport, prefix, attempts)
+
+
+def _model(contents: list[tuple[str, int, str, float]], prefix: str, now: float) -> RemoteModel:
+    """The versions in one listing's objects (keys, sizes, ETags, modification times)."""
     model = RemoteModel(objects_listed=len(contents), server_time=now)
     by_version: dict[str, list[tuple[str, int, str, float]]] = {}
     for item in contents:
@@ -265,8 +308,6 @@ async def list_model(transport: Transport, prefix: str, executor: Executor, atte
             model.versions[version] = objects
         else:
             model.ignored[vprefix] = "empty version directory"
-    if not model.server_time:
-        model.server_time = time.time()
     if model.ignored:
         log.warning("model_store.ignored_keys", prefix=prefix, count=len(model.ignored),
                     sample=dict(list(model.ignored.items())[:5]))
