@@ -1,7 +1,7 @@
 """Model store sync: the model's versions in MinIO or S3-compatible object storage,
 mirrored onto local disk atomically, version by version.
 
-Public interface (imports stay light: boto3 loads with the first sync):
+Public interface (imports stay light: boto3 loads only to upload, for a push or the seed):
     StoreConfig, store_config_for   - where the store is (config)
     sync_model, SyncResult          - one sync of one model (sync)
     ModelSyncer                     - the agent's periodic sync loop (syncer)
