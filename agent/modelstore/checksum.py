@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import zlib
 from dataclasses import dataclass
@@ -75,8 +76,8 @@ class Checksum:
             if not self.whole_too:
                 return False
         if self.algorithm == CRC32:
-            crc = 0
-            for digest, size in zip(digests, cuts):
+            crc = int.from_bytes(digests[0], "big")
+            for digest, size in zip(digests[1:], cuts[1:]):
                 crc = crc32_combine(crc, int.from_bytes(digest, "big"), size)
             return self._encode(crc.to_bytes(4, "big")) == self.value
         return len(digests) == 1 and self._encode(digests[0]) == self.value
@@ -176,24 +177,35 @@ def _gf2_square(matrix: list[int]) -> list[int]:
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC32 of A + B from crc32(A), crc32(B) and len(B): crc1 is advanced over len2
-    zero bytes by squaring the one-zero-bit operator (O(log len2) steps), as zlib does."""
-    if len2 <= 0:  # B is empty: its CRC32 is 0
-        return crc1
+    """The CRC32 of A + B from crc32(A), crc32(B) and len(B)."""
+    if len2 <= 0 or crc1 == 0:  # B is empty, or A's CRC advances to 0 (the operator is linear)
+        return crc1 ^ crc2
+    return _gf2_apply(_zeros_operator(len2), crc1) ^ crc2
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_operator(length: int) -> list[int]:
+    """The matrix that advances a CRC32 over `length` zero bytes (cached: the parts of
+    one upload share a size, so one matrix serves them all)."""
+    return [_advance(1 << bit, length) for bit in range(32)]
+
+
+def _advance(crc: int, length: int) -> int:
+    """`crc` advanced over `length` zero bytes by squaring the one-zero-bit operator
+    (O(log length) steps), as zlib's crc32_combine does."""
     odd = [_CRC32_POLY] + [1 << n for n in range(31)]  # one zero bit
     even = _gf2_square(odd)  # two zero bits
     odd = _gf2_square(even)  # four zero bits
     while True:
         even = _gf2_square(odd)  # 8, 32, 128... zero bits: one byte, then squares
-        if len2 & 1:
-            crc1 = _gf2_apply(even, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        if length & 1:
+            crc = _gf2_apply(even, crc)
+        length >>= 1
+        if not length:
+            return crc
         odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_apply(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-    return crc1 ^ crc2
+        if length & 1:
+            crc = _gf2_apply(odd, crc)
+        length >>= 1
+        if not length:
+            return crc
