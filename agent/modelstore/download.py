@@ -100,7 +100,7 @@ _RETRYABLE = (
 
 
 @dataclass(frozen=True)
-class Plan:
+class ObjectPlan:
     """How a large object is fetched: `cuts`, its part sizes (None when the store will not
     tell), and `checksum`, what its bytes must hash to (None: nothing to check but sizes)."""
 
@@ -119,13 +119,13 @@ class Fetcher:
 
     # ---- planning -------------------------------------------------------
 
-    def plan(self, obj: RemoteObject) -> Plan:
+    def plan(self, obj: RemoteObject) -> ObjectPlan:
         """Part sizes and checksum of a multipart object (two HEADs)."""
         head = self._attempts(obj, lambda: self._head(obj, None, _CHECKSUM_MODE))
         if head.get("etag", "").strip('"').lower() != obj.etag.raw:
             raise FetchError(f"{obj.key}: PreconditionFailed: the object changed since it was listed", final=True)
         checksum = from_headers(head, obj.etag.parts) or (None if _encrypted(head) else obj.etag.checksum())
-        return Plan(self._part_cuts(obj), checksum)
+        return ObjectPlan(self._part_cuts(obj), checksum)
 
     def _part_cuts(self, obj: RemoteObject) -> list[int] | None:
         """Sizes of the parts `obj` was uploaded in; None when the store will not tell."""
@@ -187,13 +187,13 @@ class Fetcher:
         finally:
             os.close(fd)
 
-    def fetch_whole(self, obj: RemoteObject, dest: Path) -> None:
+    def fetch_whole(self, obj: RemoteObject, dest: Path, plan: ObjectPlan | None = None) -> None:
         """GET `obj` in one request into a new `dest`, verified against the CRC32 the store
         sends with it, else its ETag (retried as a whole). Files are not fsynced one by
         one: the whole version is flushed once before it goes live."""
         checked = self._attempts(obj, lambda: self._get_whole(obj, dest))
         if not checked and obj.etag.multipart:  # no part sizes, no CRC32: try the usual part sizes
-            self.finish_multipart(obj, dest, None)
+            self.finish_multipart(obj, dest, plan)
 
     def fetch_parts(self, obj: RemoteObject, dest: Path, start: int, first: int, cuts: list[int], algorithm: str,
                     on_part: Callable[[int, bytes], None]) -> list[bytes]:
@@ -364,7 +364,7 @@ class Fetcher:
             raise s3_error(status, b"<Code>PreconditionFailed</Code>", "GetObject")
         raise s3_error(status, body, "GetObject")
 
-    def finish_multipart(self, obj: RemoteObject, dest: Path, plan: Plan | None,
+    def finish_multipart(self, obj: RemoteObject, dest: Path, plan: ObjectPlan | None,
                          digests: list[bytes] | None = None) -> None:
         """Check a multipart object assembled from spans against its checksum.
 

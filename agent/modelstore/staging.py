@@ -43,7 +43,7 @@ class Job:
 
 
 @dataclass
-class Plan:
+class SyncPlan:
     """What one sync does with the store's versions."""
 
     jobs: list[Job] = field(default_factory=list)
@@ -55,10 +55,10 @@ class Plan:
 
 
 def plan_versions(remote: RemoteModel, live: list[int], manifest: Manifest, mdir: ModelDir, boot: str,
-                  settle_seconds: float) -> Plan:
+                  settle_seconds: float) -> SyncPlan:
     """Sort remote versions into kept, pending and jobs, and stage the jobs (blocking:
     stats and journals). Saves the manifest when a crashed sync's version is adopted."""
-    plan = Plan()
+    plan = SyncPlan()
     manifest_dirty = False
     for v in sorted(remote.versions, reverse=True):  # newest first: it is what servers load
         objects = remote.versions[v]

@@ -122,7 +122,8 @@ async def sync_model(
             shutdown.add_done_callback(release)
             raise
         release()
-        result.bytes_downloaded = run.bytes_downloaded()
+        result.bytes_reused += run.transfer.reused if run.transfer is not None else 0
+        result.bytes_downloaded = max(0, run.counters.bytes_done - result.bytes_reused)
         result.files_downloaded = run.counters.files_fetched
     if result.error is None and run.abort_reason():
         result.error = run.abort_reason()
@@ -191,10 +192,6 @@ class _Run:
         """Why the downloads stopped early (the endpoint went down), if they did."""
         return self.transfer.abort_reason if self.transfer is not None else None
 
-    def bytes_downloaded(self) -> int:
-        reused = self.result.bytes_reused
-        return max(0, self.counters.bytes_done - reused)
-
     # ---- progress -------------------------------------------------------
 
     def _report(self) -> None:
@@ -215,9 +212,6 @@ class _Run:
         """Stop the progress ticker and report the last state."""
         if self._ticker is not None:
             self._ticker.cancel()
-        if self.transfer is not None:
-            self.result.bytes_reused += self.transfer.reused
-            self.transfer.reused = 0
         self._phase = "done"
         self._report()
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from agent.modelstore.config import StoreConfig, SyncOptions
-from agent.modelstore.download import Cancelled, Counters, Fetcher, FetchError, Plan
+from agent.modelstore.download import Cancelled, Counters, Fetcher, FetchError, ObjectPlan
 from agent.modelstore.errors import describe
 from agent.modelstore.layout import ModelDir
 from agent.modelstore.listing import RemoteObject
@@ -44,7 +44,7 @@ class Transfer:
         all in and verified, or it failed (`job.error`)."""
         # Multipart objects are probed first so their ranges can start before small files.
         multipart = [o for job in jobs for o in job.fetch if o.etag.multipart and o.size > 0]
-        plans: dict[str, Plan] = {}
+        plans: dict[str, ObjectPlan] = {}
         probes = await asyncio.gather(*(self._in_pool(self.fetcher.plan, o) for o in multipart),
                                       return_exceptions=True)
         for obj, found in zip(multipart, probes):
@@ -60,7 +60,7 @@ class Transfer:
             for t in tasks:
                 t.cancel()
 
-    async def _run_job(self, job: Job, plans: dict[str, Plan], streams: int,
+    async def _run_job(self, job: Job, plans: dict[str, ObjectPlan], streams: int,
                        done: Callable[[Job], Awaitable[None]]) -> None:
         if job.error is None:
             await self._fetch_all(job, plans, streams)
@@ -91,7 +91,7 @@ class Transfer:
             self.abort_reason = describe(exc.__cause__ or exc, self.store, "download stopped")
             self.stop.set()
 
-    async def _fetch_all(self, job: Job, plans: dict[str, Plan], streams: int) -> None:
+    async def _fetch_all(self, job: Job, plans: dict[str, ObjectPlan], streams: int) -> None:
         """Fetch the job's objects: ranged ones as parallel spans, the rest by worker
         threads draining one queue (an asyncio round trip per file would cost more CPU
         than the file itself)."""
@@ -131,7 +131,7 @@ class Transfer:
         job.journal.add(obj.rel, obj.size, obj.etag.raw)
         self.counters.add_file(fetched=True)
 
-    async def _fetch_ranged(self, job: Job, obj: RemoteObject, plan: Plan, streams: int) -> None:
+    async def _fetch_ranged(self, job: Job, obj: RemoteObject, plan: ObjectPlan, streams: int) -> None:
         """Fetch a multipart object as spans on its part boundaries, each part hashed as it
         lands and journalled once written (so a later sync resumes at the part level),
         then verify the whole against its checksum."""
@@ -143,7 +143,7 @@ class Transfer:
         algorithm = plan.checksum.algorithm if plan.checksum is not None else None
         try:
             if cuts is None or len(cuts) < 2 or algorithm is None:
-                await self._in_pool(fetcher.fetch_whole, obj, dest)
+                await self._in_pool(fetcher.fetch_whole, obj, dest, plan)
             else:
                 alg, done = job.parts.get(obj.rel, ("", {}))
                 resumed = {i: d for i, d in done.items() if i < len(cuts)} if alg == algorithm else {}

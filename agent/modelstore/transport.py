@@ -44,8 +44,8 @@ class Transport:
             "timeout": timeout,
             "retries": False,
         }
-        base = self.signer.base_url
-        scheme, host = urlsplit(base).scheme, urlsplit(base).hostname or ""
+        where = urlsplit(self.signer.base_url)
+        scheme, host = where.scheme, where.hostname or ""
         if scheme == "https":
             bundle = os.environ.get("AWS_CA_BUNDLE")
             if bundle:
