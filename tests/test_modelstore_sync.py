@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import stat
 import threading
 
@@ -71,6 +72,31 @@ async def test_noop_sync_is_listing_only(s3, tmp_path):
     assert len(proxy.log) == 1
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
+
+
+async def test_an_unchanged_listing_is_not_parsed_yet_a_version_removed_by_hand_comes_back(s3, tmp_path, monkeypatch):
+    from agent.modelstore import listing
+
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, savedmodel_files(1))
+    upload_version(client, bucket, PREFIX, 2, savedmodel_files(2))
+    assert (await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)).versions_added == [1, 2]
+    parsed = []
+    real_parse = listing._parse
+    monkeypatch.setattr(listing, "_parse", lambda headers, body: parsed.append(1) or real_parse(headers, body))
+    listing._memos.clear()  # as in a new process (the CLI)
+
+    again = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert again.error is None and again.versions_kept == [1, 2] and not again.changed
+    assert parsed == []  # the listing's digest is the one recorded after the last complete sync
+
+    shutil.rmtree(tmp_path / "mnist" / "2")  # behind the sync's back
+    restored = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert restored.error is None and restored.versions_added == [2] and parsed
+    assert read_tree(tmp_path / "mnist" / "2") == savedmodel_files(2)
+
+    upload_version(client, bucket, PREFIX, 3, savedmodel_files(3))  # a new listing is parsed
+    assert (await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)).versions_added == [3]
 
 
 async def test_incremental_sync_adds_only_the_new_version(s3, tmp_path):

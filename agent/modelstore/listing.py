@@ -5,8 +5,9 @@ costs one request, and no more requests are made than the keys need (a listing p
 version would add one per version, and a delimited listing one more). The next page is
 asked for as soon as a page's continuation token is seen, while the page is parsed.
 A page byte for byte the same as last time is not parsed again, and a listing the same
-as last time gives last time's RemoteModel: the daemon's periodic sync of an unchanged
-model costs its requests and little else.
+as last time gives last time's RemoteModel; a listing whose digest is the one the caller
+recorded after its last complete sync is not parsed at all (`RemoteModel.unchanged`).
+A sync of an unchanged model costs its requests and little else.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class RemoteModel:
     objects_listed: int = 0
     # The store's clock when it was listed (its Date header), to judge how fresh objects are.
     server_time: float = 0.0
+    # SHA-1 (hex) of the listing's pages, byte for byte.
+    digest: str = ""
+    # True when the digest is the one the caller knew: nothing above was parsed.
+    unchanged: bool = False
 
 
 def safe_relpath(rel: str) -> str | None:
@@ -130,12 +135,14 @@ _memos_lock = threading.Lock()
 _MEMOS = 8
 
 
-def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None) -> tuple[list[_Page], list[bytes]]:
+def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None,
+           defer: bool) -> tuple[list[_Page | tuple[dict[str, str], bytes]], list[bytes]]:
     """Every page of one listing, and the digest of each. Signed and parsed here rather
     than by botocore, whose parser costs a quarter of a second per 1,000 keys: most of a
     no-op sync. The next page is requested while this one is parsed; a page identical
-    to the same page of `memo` is taken from it."""
-    pages: list[_Page] = []
+    to the same page of `memo` is taken from it. With `defer`, pages come back unparsed,
+    as (headers, body)."""
+    pages: list[_Page | tuple[dict[str, str], bytes]] = []
     digests: list[bytes] = []
 
     def fetch(token: str | None) -> tuple[dict[str, str], bytes]:
@@ -150,19 +157,25 @@ def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None)
             headers, body = pending.result()
             token = _peek_token(body)
             pending = ahead.submit(fetch, token) if token and len(pages) + 1 < MAX_PAGES else None
-            digest = hashlib.sha1(body).digest()
-            i = len(pages)
-            if memo is not None and i < len(memo.digests) and memo.digests[i] == digest:
-                page = dataclasses.replace(memo.pages[i], date=_date(headers.get("date")))
+            digests.append(hashlib.sha1(body).digest())
+            if defer:
+                pages.append((headers, body))
             else:
-                page = _parse(headers, body)
-            if page.next_token != token:
-                raise ValueError("a listing page whose continuation token cannot be read")
-            pages.append(page)
-            digests.append(digest)
-            if page.next_token and pending is None:
+                pages.append(_parse_page(headers, body, token, memo, len(pages)))
+            if token and pending is None:
                 raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
     return pages, digests
+
+
+def _parse_page(headers: dict[str, str], body: bytes, token: str | None, memo: _Memo | None, i: int) -> _Page:
+    """Page `i` parsed (or taken from `memo` when identical); `token` is what a quick scan found."""
+    if memo is not None and i < len(memo.digests) and memo.digests[i] == hashlib.sha1(body).digest():
+        page = dataclasses.replace(memo.pages[i], date=_date(headers.get("date")))
+    else:
+        page = _parse(headers, body)
+    if page.next_token != token:
+        raise ValueError("a listing page whose continuation token cannot be read")
+    return page
 
 
 def _peek_token(body: bytes) -> str | None:
@@ -235,18 +248,27 @@ def _timestamp(value: str) -> float:
         return 0.0
 
 
-def _list(transport: Transport, prefix: str, attempts: int) -> RemoteModel:
-    """List and parse (blocking); an unchanged listing gives the last one's model."""
+def _list(transport: Transport, prefix: str, attempts: int, known: str) -> RemoteModel:
+    """List and parse (blocking); see the module docstring for what is not parsed again."""
     key = (transport.signer.base_url, prefix)
     with _memos_lock:
         memo = _memos.get(key)
-    pages, digests = _pages(transport, prefix, attempts, memo)
+    raw, digests = _pages(transport, prefix, attempts, memo, defer=bool(known))
+    digest = hashlib.sha1(b"".join(digests)).hexdigest()
+    if known and digest == known:
+        dates = [_date(headers.get("date")) for headers, _body in raw]  # type: ignore[misc]
+        count = sum(body.count(b"<Contents>") for _headers, body in raw)  # type: ignore[misc]
+        return RemoteModel(objects_listed=count, server_time=max(dates, default=0.0) or time.time(),
+                           digest=digest, unchanged=True)
+    pages = [p if isinstance(p, _Page) else _parse_page(p[0], p[1], _peek_token(p[1]), memo, i)
+             for i, p in enumerate(raw)]
     now = max((page.date for page in pages), default=0.0) or time.time()
     if memo is not None and memo.digests == digests:
         # Its versions and objects are shared, never changed by a sync.
         return dataclasses.replace(memo.model, server_time=now)
     contents = [item for page in pages for item in page.objects]
     model = _model(contents, prefix, now)
+    model.digest = digest
     with _memos_lock:
         _memos[key] = _Memo(digests, pages, model)
         _memos.move_to_end(key)
@@ -262,9 +284,11 @@ def _date(date: str | None) -> float:
         return 0.0
 
 
-async def list_model(transport: Transport, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
-    """List the versions of the model stored under `prefix` (which ends in '/')."""
-    return await asyncio.get_running_loop().run_in_executor(executor, _list, transport, prefix, attempts)
+async def list_model(transport: Transport, prefix: str, executor: Executor, attempts: int = 5,
+                     known: str = "") -> RemoteModel:
+    """List the versions of the model stored under `prefix` (which ends in '/'); when the
+    listing's digest is `known`, nothing is parsed (`unchanged`)."""
+    return await asyncio.get_running_loop().run_in_executor(executor, _list, transport, prefix, attempts, known)
 
 
 def _model(contents: list[tuple[str, int, str, float]], prefix: str, now: float) -> RemoteModel:

@@ -31,6 +31,9 @@ class Manifest:
     model: str
     source: str = ""
     versions: dict[int, Files] = field(default_factory=dict)
+    # Digest of the store's listing these versions were last found complete against
+    # (empty while a sync changes them): the same listing again needs no parsing.
+    listing: str = ""
 
     @classmethod
     def load(cls, path: Path, model: str) -> "Manifest":
@@ -43,7 +46,7 @@ class Manifest:
                 int(v): {rel: (int(e[0]), str(e[1])) for rel, e in body["files"].items()}
                 for v, body in data["versions"].items()
             }
-            return cls(model, str(data.get("source", "")), versions)
+            return cls(model, str(data.get("source", "")), versions, str(data.get("listing", "")))
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return cls(model)
 
@@ -53,6 +56,7 @@ class Manifest:
             "format": FORMAT,
             "model": self.model,
             "source": self.source,
+            "listing": self.listing,
             "versions": {
                 str(v): {"files": {rel: [size, etag] for rel, (size, etag) in sorted(files.items())}}
                 for v, files in sorted(self.versions.items())

@@ -14,6 +14,7 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from agent import log as agent_log
 from agent.modelstore.layout import ModelDir
@@ -159,15 +160,16 @@ def _link_unchanged(job: Job, mdir: ModelDir, manifest: Manifest, keep: Files) -
     return linked
 
 
-def cleanup_staging(mdir: ModelDir, remote: RemoteModel) -> None:
+def cleanup_staging(mdir: ModelDir, versions: Iterable[int]) -> None:
     """Delete staging leftovers of versions the store no longer has, and graveyards."""
+    wanted = set(versions)
     try:
         entries = list(os.scandir(mdir.staging_root))
     except FileNotFoundError:
         return
     for e in entries:
         base = e.name.split(".", 1)[0]
-        keep = base.isdigit() and int(base) in remote.versions and ".old-" not in e.name
+        keep = base.isdigit() and int(base) in wanted and ".old-" not in e.name
         if keep:
             continue
         if e.is_dir(follow_symlinks=False):

@@ -31,9 +31,9 @@ from agent.modelstore.listing import RemoteModel, list_model
 from agent.modelstore.live import publish_version, retire_gone
 from agent.modelstore.manifest import Manifest
 from agent.modelstore.progress import Progress, ProgressCallback
-from agent.modelstore.staging import Job, cleanup_staging, plan_versions
+from agent.modelstore.staging import Job, cleanup_staging, files_present, plan_versions
 from agent.modelstore.transfer import Transfer
-from agent.modelstore.transport import transport_for
+from agent.modelstore.transport import Transport, transport_for
 
 log = agent_log.get(__name__)
 
@@ -222,14 +222,19 @@ class _Run:
         if self.progress is not None:
             self._ticker = asyncio.create_task(self._tick())
         prefix = store.model_prefix(model)
-        try:
-            transport = transport_for(store, self.options)
-            remote = await list_model(transport, prefix, self.pool, self.options.request_attempts)
-        except Exception as e:
-            raise StoreError(describe(e, store, f"cannot list s3://{store.bucket}/{prefix}")) from e
-        result.objects_listed = remote.objects_listed
+        transport = transport_for(store, self.options)
         self.manifest = await self._in_pool(Manifest.load, self.mdir.manifest, model)
+        remote = await self._list(transport, prefix, self.manifest.listing)
+        if remote.unchanged:
+            if await self._in_pool(self._still_complete):
+                result.objects_listed = remote.objects_listed
+                result.versions_kept = sorted(self.manifest.versions)
+                await self._in_pool(cleanup_staging, self.mdir, self.manifest.versions)
+                return
+            remote = await self._list(transport, prefix, "")  # local files changed: the full way
+        result.objects_listed = remote.objects_listed
         self.manifest.source = result.source
+        recorded, self.manifest.listing = self.manifest.listing, ""  # until this sync is complete
         live = await self._in_pool(self.mdir.live_versions)
         plan = await self._in_pool(plan_versions, remote, live, self.manifest, self.mdir, boot_id(),
                                    self.options.settle_seconds)
@@ -242,12 +247,31 @@ class _Run:
             self.transfer = Transfer(fetcher, self.mdir, store, self.options, self.pool, self.stop, self.counters)
             await self.transfer.run(plan.jobs, self._finish_job)
         await self._retire(remote)
-        await self._in_pool(cleanup_staging, self.mdir, remote)
+        await self._in_pool(cleanup_staging, self.mdir, remote.versions)
         if not remote.versions and not remote.uploading:
             result.error = (
                 f"no versions of model {model!r} in s3://{store.bucket}/{prefix} "
                 f"at {store.endpoint_url} (a version is a numeric directory)"
             )
+        complete = not (result.error or result.versions_failed or result.versions_pending or self.abort_reason())
+        if complete and sorted(self.manifest.versions) == sorted(remote.versions):
+            self.manifest.listing = remote.digest
+            if remote.digest != recorded or result.changed:
+                async with self._manifest_lock:
+                    await self._in_pool(self.manifest.save, self.mdir.manifest)
+
+    async def _list(self, transport: Transport, prefix: str, known: str) -> RemoteModel:
+        try:
+            return await list_model(transport, prefix, self.pool, self.options.request_attempts, known)
+        except Exception as e:
+            store = self.store
+            raise StoreError(describe(e, store, f"cannot list s3://{store.bucket}/{prefix}")) from e
+
+    def _still_complete(self) -> bool:
+        """The live versions are the manifest's, every file present (blocking: a stat each)."""
+        versions = self.manifest.versions
+        return sorted(versions) == self.mdir.live_versions() and all(
+            files_present(self.mdir.version(v), files) for v, files in versions.items())
 
     def _count(self, job: Job) -> None:
         """Add a staged job to the progress totals (what staging holds counts as done)."""
