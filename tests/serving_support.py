@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,34 @@ class Server:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=15)
+            return self.proc.wait(timeout=30)  # the server's own deadline is 12 s; this catches a hang
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("model server did not stop on SIGTERM")
+            raise AssertionError(f"model server did not stop on SIGTERM; its log ends:\n{self.log_tail()}")
+
+    def dump_stacks(self) -> None:
+        """Have a running server write every thread's stack to its log (SIGUSR1), for a
+        failure message; waits until the dump is there (5 s at most)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        offset = self.log.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                if b"most recent call first" in f.read():
+                    return
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the server's log (for failure messages)."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(no log: {e})"
 
     def get(self, path: str) -> tuple[int, dict]:
         status, body = http("GET", self.rest + path, timeout=60)
@@ -131,7 +155,11 @@ class Server:
         def ready():
             states = self.states(model)
             return states.get(version) == "AVAILABLE" if version else "AVAILABLE" in states.values()
-        wait_for(ready, timeout=timeout, what=f"{model} to be AVAILABLE")
+        try:
+            wait_for(ready, timeout=timeout, what=f"{model} to be AVAILABLE")
+        except AssertionError as e:
+            self.dump_stacks()
+            raise AssertionError(f"{e}; the server's log ends:\n{self.log_tail()}") from None
 
 
 def predict_half_plus_two(server: Server, model: str = "half_plus_two", values=(1.0, 2.0, 5.0)):

@@ -130,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+# Longer than a graceful stop needs (in-flight requests get 5 s); the supervisor's
+# SIGKILL may come first.
+STOP_DEADLINE_SECONDS = 12
+
+
 def _exit_past_stuck_threads(code: int) -> None:
     """Exit now if a runtime still holds a worker thread after the server stopped.
 
@@ -163,6 +168,7 @@ def _flag(text: str, name: str) -> bool:
 
 async def _serve(options) -> int:
     import asyncio
+    import faulthandler
     import signal
 
     import agent.log
@@ -171,8 +177,17 @@ async def _serve(options) -> int:
     log = agent.log.get(__name__)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        # A graceful stop that itself hangs (a runtime call that never returns) still
+        # ends: faulthandler's own thread, which needs no GIL, writes every thread's
+        # stack to the log and exits.
+        faulthandler.dump_traceback_later(STOP_DEADLINE_SECONDS, exit=True)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # operators: `kill -USR1` shows where it is
     server = ModelServer(options)
     # The initial load can take long (or hang inside a runtime): a stop request must
     # not wait for it.
