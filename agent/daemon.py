@@ -16,23 +16,23 @@ from aiohttp import web
 from agent import limits, log
 from agent.console import ConsoleContext, start_console
 from agent.console.guard import server_ssl_context
-from agent.control import create_control_app, start_control
+from agent.nodeops.control import create_control_app, start_control
 from agent.files import remove_stale_staging
-from agent.health import metadata_problem
-from agent.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
+from agent.nodeops.health import metadata_problem
+from agent.nodeops.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metrics import Metrics
 from agent.modelstore import ModelSyncer, store_config_for
 from agent.paths import Paths
-from agent.reconcile import Reconciler
-from agent.render import admin_address
-from agent.repo import RepoSeeder
-from agent.selfcmd import CommandRunner
+from agent.pipeline.reconcile import Reconciler
+from agent.pipeline.render import admin_address
+from agent.modelstore.repo_node import RepoSeeder
+from agent.nodeops.selfcmd import CommandRunner
 from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role
 from agent.status import AgentStatus
-from agent.supervisor import Supervisor
-from agent.systemd import SystemdUnits, systemd_mode
+from agent.processes.supervisor import Supervisor
+from agent.processes.systemd import SystemdUnits, systemd_mode
 
 logger = log.get(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
-from agent.render import RenderedFile
+from agent.pipeline.render import RenderedFile
 
 STAGING_PREFIX = ".staged-"
 

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.commands_cli.up import cluster_trees, prepare_node  # noqa: E402
+from agent.commands.up import cluster_trees, prepare_node  # noqa: E402
 from agent.paths import Paths  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from agent.commands_cli.up import cluster_trees
+from agent.commands.up import cluster_trees
 from tests.load import GrpcLoad, Load
 from tests.node import Node, http, predict, wait_for
 

@@ -71,7 +71,7 @@ def test_up_prepares_a_node_serves_and_stops_everything_on_ctrl_c(node_ip, tmp_p
 
 
 def test_three_node_example_is_what_up_runs():
-    from agent.commands_cli.up import cluster_trees
+    from agent.commands.up import cluster_trees
 
     shipped = [yaml.safe_load((PROJECT_ROOT / "examples" / "three-node" / f"node{k}.yaml").read_text()) for k in (1, 2, 3)]
     assert shipped == cluster_trees(["127.0.0.1", "127.0.0.2", "127.0.0.3"])

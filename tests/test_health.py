@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.control import request
-from agent.hooks import ExitCode
+from agent.nodeops.control import request
+from agent.commands.hook import ExitCode
 from tests.foundation_trees import single_node_tree
 from tests.node import Node, wait_for
 from tests.platform_hooks import repo_node_tree, run_hook

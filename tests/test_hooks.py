@@ -16,8 +16,8 @@ import psutil
 import pytest
 from botocore.config import Config
 
-from agent.hooks import ExitCode
-from agent.monitor import ITEMS
+from agent.commands.hook import ExitCode
+from agent.nodeops.monitor import ITEMS
 from tests.foundation_trees import single_node_tree, write_tree
 from tests.load import Load
 from tests.node import Node, http, predict, wait_for
@@ -179,7 +179,7 @@ async def test_monitor_prints_one_json_object_within_5s_under_load(node):
 
     # Counters run since Envoy started (the platform's statistics_type is delta).
     before = json.loads((await asyncio.to_thread(run_hook, node.data_dir, "monitor")).stdout)
-    from agent.control import request
+    from agent.nodeops.control import request
 
     socket = node.data_dir / "run" / "agent.sock"
     async with Load(node.ip, concurrency=8) as load:

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 from agent import PROJECT_ROOT
-from agent.hooks import HOOKS, exit_codes
-from agent.monitor import GROUPS, ITEMS
+from agent.commands.hook import HOOKS, exit_codes
+from agent.nodeops.monitor import GROUPS, ITEMS
 from agent.params import parameter_specs
 from tests.platform_hooks import cluster_json
 

@@ -15,7 +15,7 @@ import stat
 import psutil
 import pytest
 
-from agent.hooks import ExitCode
+from agent.commands.hook import ExitCode
 from tests.node import Node, http, wait_for
 from tests.platform_hooks import repo_node_tree, run_hook
 from tests.repo_support import (  # noqa: F401  (minio_on_path: fixture)

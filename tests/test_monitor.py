@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from agent.hooks import ExitCode
-from agent.monitor import ITEMS, RATE_WINDOW, Sampler
+from agent.commands.hook import ExitCode
+from agent.nodeops.monitor import ITEMS, RATE_WINDOW, Sampler
 from tests.node import Node, wait_for
 from tests.platform_hooks import MONITOR_LIMIT, repo_node_tree, run_hook
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from agent import PROJECT_ROOT, __version__
-from agent.hooks import HOOKS, ExitCode
+from agent.commands.hook import HOOKS, ExitCode
 from tests.conftest import NODE_PORTS, _ip_is_free
 from tests.foundation_trees import single_node_tree, write_tree
 from tests.node import http, predict, wait_for

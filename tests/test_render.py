@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import yaml
 
-from agent.envoy import check_staged
+from agent.pipeline.envoy import check_staged
 from agent.files import CheckFailed, stage
 from agent.paths import Paths
-from agent.render import TreeLookup, render_envoy, render_models_config, render_template
+from agent.pipeline.render import TreeLookup, render_envoy, render_models_config, render_template
 from agent.state import normalize_tree, parse_cluster_state
 from tests.foundation_trees import add_serving_node, single_node_tree
 
@@ -33,7 +33,7 @@ def test_confd_lookups_follow_confd_semantics():
 
 def test_templates_can_use_confd_lookups_on_the_raw_tree(tmp_path, monkeypatch):
     (tmp_path / "t.j2").write_text('{{ getv("/env/model.name") }} {{ ls("/hosts/model_serving") | join(",") }}')
-    import agent.render as render
+    import agent.pipeline.render as render
 
     monkeypatch.setattr(render._ENV, "loader", __import__("jinja2").FileSystemLoader(tmp_path))
     assert render_template("t.j2", normalize_tree(single_node_tree())) == "half_plus_two i-local01"

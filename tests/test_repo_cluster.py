@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from agent.commands_cli.up import cluster_trees
+from agent.commands.up import cluster_trees
 from tests.load import Load
 from tests.node import Node, http, predict, wait_for
 from tests.repo_support import REPO_ENV, half_plus, minio_on_path, push_version, repo_client  # noqa: F401

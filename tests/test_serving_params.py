@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from agent.paths import Paths
-from agent.plan import MODEL_SERVER, make_plan
+from agent.pipeline.plan import MODEL_SERVER, make_plan
 from agent.state import parse_cluster_state
 from tests.foundation_trees import single_node_tree
 from tests.test_state import problems

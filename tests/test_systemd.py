@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from agent import PROJECT_ROOT
-from agent.supervisor import ProcessSpec
-from agent.systemd import (
+from agent.processes.supervisor import ProcessSpec
+from agent.processes.systemd import (
     BUILTIN_SERVER_UNIT, ENVOY_UNIT, TFSERVING_UNIT, SystemdUnits, env_file_content, memory_max, notify,
     watchdog_interval,
 )
@@ -210,9 +210,9 @@ async def test_systemd_mode_writes_private_command_lines_and_restarts_only_chang
 async def test_systemd_mode_runs_minio_with_its_credentials_only_in_the_private_env_file(
         tmp_path, systemctl, minio_on_path, node_ip):
     from agent.paths import Paths
-    from agent.plan import make_plan
+    from agent.pipeline.plan import make_plan
     from agent.state import parse_cluster_state, normalize_tree
-    from agent.systemd import MINIO_UNIT
+    from agent.processes.systemd import MINIO_UNIT
 
     script, calls = systemctl
     paths = Paths(tmp_path / "data")
@@ -248,7 +248,7 @@ def test_memory_max_leaves_room_for_the_agent_and_envoy():
 
 
 def test_systemd_mode_is_chosen_by_the_agent_unit(monkeypatch, tmp_path):
-    from agent.systemd import systemd_mode
+    from agent.processes.systemd import systemd_mode
 
     monkeypatch.delenv("INFERENCE_AGENT_PROCESS_MANAGER", raising=False)
     assert not systemd_mode()
@@ -257,7 +257,7 @@ def test_systemd_mode_is_chosen_by_the_agent_unit(monkeypatch, tmp_path):
 
 
 async def test_keep_watchdog_pings_only_while_the_agent_works(tmp_path, monkeypatch):
-    from agent.systemd import keep_watchdog
+    from agent.processes.systemd import keep_watchdog
 
     sock, path = _datagram_socket(tmp_path)
     monkeypatch.setenv("NOTIFY_SOCKET", path)

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.console.pages import CTX, SESSION, render, safe_status
-from agent.console.upstreams import EnvoyHost, EnvoyView, envoy_clusters
+from agent.clients.upstreams import EnvoyHost, EnvoyView, envoy_clusters
 
 routes = web.RouteTableDef()
 

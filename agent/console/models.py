@@ -10,7 +10,7 @@ from aiohttp import web
 
 from agent.console.files import list_dir, scan_models
 from agent.console.pages import CTX, SESSION, blocking, render, resolve, safe_status, stream_file
-from agent.console.upstreams import ModelServerView, model_status
+from agent.clients.upstreams import ModelServerView, model_status
 
 MAX_MODELS_ASKED = 32  # model server calls per page
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from agent.lifecycle import DRIFT_HEALTHCHECK_FAILED, DRIFT_LISTENERS_DRAINED
+from agent.nodeops.lifecycle import DRIFT_HEALTHCHECK_FAILED, DRIFT_LISTENERS_DRAINED
 from tests.foundation_trees import single_node_tree
 from tests.node import Node, http, predict, wait_for
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import aiohttp
 
 from agent import log
-from agent.envoy import EnvoyAdmin, check_staged
+from agent.pipeline.envoy import EnvoyAdmin, check_staged
 from agent.errors import InvalidMetadata
 from agent.files import CheckFailed, replace_files
 from agent.metadata import Snapshot
 from agent.metrics import Metrics
 from agent.paths import Paths
-from agent.plan import ENVOY, MODEL_SERVER, NodePlan, make_plan
-from agent.render import Check, RenderedFile, admin_address
+from agent.pipeline.plan import ENVOY, MODEL_SERVER, NodePlan, make_plan
+from agent.pipeline.render import Check, RenderedFile, admin_address
 from agent.state import ENVOY_ADMIN_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role, parse_cluster_state
 from agent.status import AgentStatus, Rejection
-from agent.supervisor import ProcessManager
+from agent.processes.supervisor import ProcessManager
 
 logger = log.get(__name__)
 
@@ -240,7 +240,7 @@ class Reconciler:
 
 
 async def _reload(target: str, config_text: str) -> None:
-    from agent.serving.admin import ReloadFailed, reload_config
+    from agent.clients.model_server_admin import ReloadFailed, reload_config
 
     started = time.monotonic()
     try:

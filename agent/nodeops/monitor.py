@@ -24,13 +24,13 @@ import aiohttp
 import psutil
 
 from agent import log
-from agent.plan import ENVOY, MODEL_SERVER
-from agent.reconcile import model_state, models_in_config
+from agent.pipeline.plan import ENVOY, MODEL_SERVER
+from agent.pipeline.reconcile import model_state, models_in_config
 from agent.state import Role
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
-    from agent.health import HealthReport
+    from agent.nodeops.health import HealthReport
 
 logger = log.get(__name__)
 

@@ -7,12 +7,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from agent.envoy import envoy_argv
+from agent.pipeline.envoy import envoy_argv
 from agent.paths import Paths
-from agent.repo import MINIO, plan_minio  # noqa: F401  (MINIO: a process name, beside ENVOY's)
-from agent.render import RenderedFile, render_envoy, render_models_config
+from agent.modelstore.repo_node import MINIO, plan_minio  # noqa: F401  (MINIO: a process name, beside ENVOY's)
+from agent.pipeline.render import RenderedFile, render_envoy, render_models_config
 from agent.state import SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role
-from agent.supervisor import ProcessSpec
+from agent.processes.supervisor import ProcessSpec
 
 ENVOY = "envoy"
 MODEL_SERVER = "model_server"

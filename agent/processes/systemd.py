@@ -24,14 +24,14 @@ import psutil
 from agent import log
 from agent.envfile import env_lines, read_env
 from agent.files import replace_files
-from agent.render import RenderedFile
-from agent.supervisor import ProcessSpec
+from agent.pipeline.render import RenderedFile
+from agent.processes.supervisor import ProcessSpec
 
 logger = log.get(__name__)
 
 PROCESS_MANAGER_ENV = "INFERENCE_AGENT_PROCESS_MANAGER"
 AGENT_UNIT = "inference-agent.service"
-# Process name (agent/plan.py) -> unit. The model server has one unit per backend.
+# Process name (agent/pipeline/plan.py) -> unit. The model server has one unit per backend.
 ENVOY_UNIT = "inference-envoy.service"
 BUILTIN_SERVER_UNIT = "inference-model-server.service"
 TFSERVING_UNIT = "inference-tfserving.service"
@@ -100,7 +100,7 @@ async def keep_watchdog(interval: float, alive: Callable[[], Awaitable[bool]]) -
 
 def unit_for(spec: ProcessSpec) -> str:
     """The unit that runs `spec` (by process name; the model server by backend)."""
-    from agent.plan import ENVOY, MINIO, MODEL_SERVER
+    from agent.pipeline.plan import ENVOY, MINIO, MODEL_SERVER
 
     if spec.name == ENVOY:
         return ENVOY_UNIT
@@ -207,7 +207,7 @@ class SystemdUnits:
                 await self._start(name, restart=state.running)
 
     async def _start(self, name: str, restart: bool) -> None:
-        from agent.plan import MODEL_SERVER
+        from agent.pipeline.plan import MODEL_SERVER
 
         unit = self._units[name].unit
         if name == MODEL_SERVER:

@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from agent import log
-from agent.plan import ENVOY, MODEL_SERVER
-from agent.reconcile import model_state
-from agent.repo import HEALTH_PATH, MINIO, minio_address, minio_live, runs_minio
+from agent.pipeline.plan import ENVOY, MODEL_SERVER
+from agent.pipeline.reconcile import model_state
+from agent.modelstore.repo_node import HEALTH_PATH, MINIO, minio_address, minio_live, runs_minio
 from agent.state import Role
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
-    from agent.lifecycle import Lifecycle
+    from agent.nodeops.lifecycle import Lifecycle
 
 logger = log.get(__name__)
 

@@ -16,7 +16,7 @@ import yaml
 
 from agent import log
 from agent.files import CheckFailed, Staged
-from agent.render import Check
+from agent.pipeline.render import Check
 
 logger = log.get(__name__)
 

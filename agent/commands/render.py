@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.commands_cli.common import add_data_dir, paths_from, read_metadata_file
+from agent.commands.common import add_data_dir, paths_from, read_metadata_file
 from agent.errors import InvalidMetadata
 
 
@@ -22,8 +22,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.files import replace_files
-    from agent.plan import make_plan
-    from agent.render import RenderedFile
+    from agent.pipeline.plan import make_plan
+    from agent.pipeline.render import RenderedFile
     from agent.state import parse_cluster_state
 
     paths = paths_from(args)

@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 
-from agent.commands_cli.common import add_data_dir, add_logging, paths_from, setup_logging
+from agent.commands.common import add_data_dir, add_logging, paths_from, setup_logging
 
 DEFAULT_METADATA = "http://metadata/"
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent
     from agent.externals import report_missing_externals
     from agent.metadata import open_source
-    from agent.systemd import systemd_mode
+    from agent.processes.systemd import systemd_mode
 
     paths = paths_from(args)
     paths.ensure()

@@ -1,6 +1,6 @@
 """The platform's lifecycle on this node: drain, stop and start the node's services,
-and the checks behind the scale hooks. The control API (agent/control.py) calls it;
-the hooks (agent/hooks.py) turn its answers into exit codes.
+and the checks behind the scale hooks. The control API (agent/nodeops/control.py) calls it;
+the hooks (agent/commands/hook.py) turn its answers into exit codes.
 
 Draining. Every Envoy health-checks each serving node through that node's own Envoy
 (its health listener, which passes the check on to the local model server). Draining
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import aiohttp
 
 from agent import log
-from agent.console.upstreams import EnvoyCluster, EnvoyView, envoy_clusters
-from agent.health import metadata_problem
-from agent.plan import ENVOY, MODEL_SERVER
-from agent.reconcile import model_available
+from agent.clients.upstreams import EnvoyCluster, EnvoyView, envoy_clusters
+from agent.nodeops.health import metadata_problem
+from agent.pipeline.plan import ENVOY, MODEL_SERVER
+from agent.pipeline.reconcile import model_available
 from agent.state import ClusterState, Role
-from agent.supervisor import ProcessSpec
+from agent.processes.supervisor import ProcessSpec
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

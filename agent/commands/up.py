@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from agent import PROJECT_ROOT
-from agent.commands_cli.common import add_logging, setup_logging
+from agent.commands.common import add_logging, setup_logging
 from agent.paths import Paths
 
 SINGLE_NODE_EXAMPLE = PROJECT_ROOT / "examples" / "single-node.yaml"
@@ -117,7 +117,7 @@ async def run_nodes(nodes: list[tuple[Paths, Path]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare and run the local cluster until Ctrl-C."""
-    from agent.commands_cli.run import serve_until_signalled
+    from agent.commands.run import serve_until_signalled
     from agent.metadata.file import load_tree_file
 
     root = Paths(Path(args.data_dir).resolve())
@@ -189,7 +189,7 @@ def repo_credentials(metadata: Path) -> dict[str, str]:
 
 def run_with_repo(args: argparse.Namespace, root: Paths) -> int:
     """`up --nodes N --repo`: N serving nodes syncing from one model_repo node."""
-    from agent.commands_cli.run import serve_until_signalled
+    from agent.commands.run import serve_until_signalled
 
     standin = minio_or_standin(root.data_dir / "bin")
     import ipaddress

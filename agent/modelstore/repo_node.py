@@ -27,9 +27,9 @@ import aiohttp
 from agent import log
 from agent.envfile import render_env
 from agent.paths import Paths
-from agent.render import RenderedFile
+from agent.pipeline.render import RenderedFile
 from agent.state import MINIO_PORT, ClusterState, Role
-from agent.supervisor import ProcessSpec
+from agent.processes.supervisor import ProcessSpec
 
 if TYPE_CHECKING:
     from agent.modelstore import StoreConfig

@@ -49,7 +49,7 @@ class ProcessSpec:
 
 class ProcessManager(Protocol):
     """What the agent needs of whatever runs its processes: this module's Supervisor,
-    systemd units (agent/systemd.py), or either wrapped by the lifecycle."""
+    systemd units (agent/processes/systemd.py), or either wrapped by the lifecycle."""
 
     async def ensure(self, specs: list[ProcessSpec]) -> None: ...
     async def restart(self, name: str) -> None: ...

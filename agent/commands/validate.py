@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent.commands_cli.common import read_metadata_file
+from agent.commands.common import read_metadata_file
 from agent.errors import InvalidMetadata
 
 
@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _check_with_envoy(tree: dict) -> None:
-    from agent.envoy import check_staged
+    from agent.pipeline.envoy import check_staged
     from agent.files import stage
     from agent.paths import Paths
-    from agent.plan import make_plan
+    from agent.pipeline.plan import make_plan
     from agent.state import parse_cluster_state
 
     with tempfile.TemporaryDirectory() as tmp:

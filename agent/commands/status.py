@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from agent.commands_cli.common import add_data_dir, paths_from
+from agent.commands.common import add_data_dir, paths_from
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the status as JSON; exit 1 when no agent runs."""
-    from agent.control import request
+    from agent.nodeops.control import request
 
     try:
         _, body = asyncio.run(request(paths_from(args).control_socket, "GET", "/status"))

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agent import log as agent_log
-    from agent.modelstore.cli import ProgressBar
+    from agent.commands.sync import ProgressBar
     from agent.modelstore.listing import VERSION_RE
     from agent.modelstore.push import PushError, push_to_root, push_to_store
     from agent.modelstore.sync import MODEL_NAME

@@ -2,10 +2,10 @@
 hooks and tests. Only the agent's own user can reach it.
 
     GET  /status              the agent's status, with the lifecycle's (stopped, draining)
-    GET  /health              health report (agent/health.py), for the metadata the
+    GET  /health              health report (agent/nodeops/health.py), for the metadata the
                               source holds now (`?catch_up=s` bounds that wait)
     POST /health/repair       restart what is broken; returns what was restarted
-    GET  /monitor             the monitor items (agent/monitor.py)
+    GET  /monitor             the monitor items (agent/nodeops/monitor.py)
     POST /drain               {"timeout": s}: fail health checks, wait for in-flight requests
     POST /undrain             pass health checks again
     POST /services/stop       {"drain_timeout": s}: drain, stop the node's processes, hold them down
@@ -14,7 +14,7 @@ hooks and tests. Only the agent's own user can reach it.
     POST /scale/in            {"timeout": s}: scale-in on a remaining node
     POST /scale/out           {"timeout": s}: scale-out on an existing node
 
-Scale answers carry `code`: 0, or the hook exit code of the refusal (agent/lifecycle.py).
+Scale answers carry `code`: 0, or the hook exit code of the refusal (agent/nodeops/lifecycle.py).
 Every answer that depends on the cluster (health, repair, scale) first brings the agent
 up to date with its metadata source (`Agent.catch_up`): the platform calls a hook right
 after writing metadata, and the answer must be for that write, not the one before.
@@ -35,7 +35,7 @@ from agent import log
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
-    from agent.lifecycle import Verdict
+    from agent.nodeops.lifecycle import Verdict
 
 logger = log.get(__name__)
 
@@ -85,8 +85,8 @@ def create_control_app(agent: "Agent") -> web.Application:
     systemd's watchdog."""
     # Imported here, not above: the hooks import this module for `request` alone and
     # must start fast (the monitor has 5 s in all).
-    from agent import health, monitor
-    from agent.systemd import keep_watchdog, notify, watchdog_interval
+    from agent.nodeops import health, monitor
+    from agent.processes.systemd import keep_watchdog, notify, watchdog_interval
 
     lifecycle = agent.lifecycle
     sampler = monitor.Sampler(agent)
@@ -191,7 +191,7 @@ async def start_control(app: web.Application, path: Path) -> web.AppRunner:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    from agent.systemd import notify
+    from agent.processes.systemd import notify
 
     notify("READY=1")
     return runner

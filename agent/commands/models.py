@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     install.add_argument("dir", type=Path, help="models root, e.g. <data-dir>/models")
     install.add_argument("--name", action="append", dest="names", help="only this model (repeatable)")
-    from agent.modelstore import push_cli
+    from agent.commands import push as push_cli
 
     push = sub.add_parser("push", help="upload a model directory as a new version to the model store",
                           description=push_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `models install-builtin` or `models push`."""
     if args.models_command == "push":
-        from agent.modelstore import push_cli
+        from agent.commands import push as push_cli
 
         return push_cli.run(args)
     import agent.log

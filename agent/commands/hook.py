@@ -33,7 +33,7 @@ DRAIN_TIMEOUT = 30.0
 
 
 class ExitCode(IntEnum):
-    """Hook exit codes; the scale refusals (11..15) are `agent.lifecycle.Refusal`."""
+    """Hook exit codes; the scale refusals (11..15) are `agent.nodeops.lifecycle.Refusal`."""
 
     OK = 0
     FAILED = 1
@@ -45,7 +45,7 @@ class ExitCode(IntEnum):
 
 def exit_codes() -> dict[int, str]:
     """Every exit code a hook can return, by number, with its name."""
-    from agent.lifecycle import Refusal
+    from agent.nodeops.lifecycle import Refusal
 
     return {**{int(c): c.name for c in ExitCode}, **{int(r): r.name for r in Refusal}}
 
@@ -79,7 +79,7 @@ class Hook:
 
     async def call(self, method: str, route: str, timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
         """Call the agent's control API; HookFailed(NO_AGENT) when no agent answers."""
-        from agent.control import request
+        from agent.nodeops.control import request
 
         try:
             status, body = await request(self.paths.control_socket, method, route,
@@ -127,7 +127,7 @@ def prepare_node(paths: Paths, state) -> list[str]:
     """Directories and permissions, and the built-in models where this node needs
     them: on local disk (serving node, s3.type none) or staged for the bucket
     (model_repo node with MinIO). Idempotent; returns what it did."""
-    from agent.repo import minio_data_dir
+    from agent.modelstore.repo_node import minio_data_dir
     from agent.serving.builtin_models import install_builtin
     from agent.state import Role
 
@@ -151,7 +151,7 @@ def prepare_node(paths: Paths, state) -> list[str]:
 
 async def wait_seeded(hook: Hook) -> dict[str, Any]:
     """Wait until the agent has seeded this model_repo node's MinIO with the built-in
-    models staged by init (it does so once, when MinIO first answers: agent/repo.py);
+    models staged by init (it does so once, when MinIO first answers: agent/modelstore/repo_node.py);
     FAILED with the agent's last error at the hook's deadline. Returns what was seeded."""
     while True:
         repository = (await hook.call("GET", "/status")).get("repository") or {}
@@ -170,7 +170,7 @@ async def ensure_agent(hook: Hook) -> None:
     """Make sure the agent runs: under systemd, start its unit; else NO_AGENT."""
     if await hook.agent_running():
         return
-    from agent.systemd import AGENT_UNIT, systemd_running
+    from agent.processes.systemd import AGENT_UNIT, systemd_running
 
     if not systemd_running():
         raise HookFailed(ExitCode.NO_AGENT,
@@ -246,7 +246,7 @@ async def hook_stop(hook: Hook) -> int:
 def _drained(drain: dict | None) -> str:
     if not drain:
         return ""
-    from agent.lifecycle import PEER_MARGIN
+    from agent.nodeops.lifecycle import PEER_MARGIN
 
     # Only this node's Envoy can be asked (the others' admin is on their loopback): say
     # what it saw, and that the others were given a margin, no more.
@@ -276,7 +276,7 @@ async def hook_health_action(hook: Hook) -> int:
     """Restart what is broken (the agent's unit if the agent itself does not answer,
     under systemd), then wait until healthy."""
     if not await hook.agent_running():
-        from agent.systemd import AGENT_UNIT, systemd_running
+        from agent.processes.systemd import AGENT_UNIT, systemd_running
 
         if not systemd_running():
             raise HookFailed(ExitCode.NO_AGENT, f"no agent runs for {hook.paths.data_dir}")
