@@ -16,23 +16,24 @@ from aiohttp import web
 from agent import limits, log
 from agent.console import ConsoleContext, start_console
 from agent.console.guard import server_ssl_context
-from agent.nodeops.control import create_control_app, start_control
 from agent.files import remove_stale_staging
-from agent.nodeops.health import metadata_problem
-from agent.nodeops.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metrics import Metrics
 from agent.modelstore import ModelSyncer, store_config_for
+from agent.modelstore.repo_node import RepoSeeder
+from agent.nodeops.control import create_control_app, start_control
+from agent.nodeops.lifecycle import Lifecycle
+from agent.nodeops.monitor import Sampler
+from agent.nodeops.selfcmd import CommandRunner
+from agent.nodeops.view import NodeView, metadata_problem
 from agent.paths import Paths
 from agent.pipeline.reconcile import Reconciler
-from agent.pipeline.render import admin_address
-from agent.modelstore.repo_node import RepoSeeder
-from agent.nodeops.selfcmd import CommandRunner
-from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role
-from agent.status import AgentStatus
+from agent.ports import CONSOLE_PORT, envoy_admin_url, model_server_url
 from agent.processes.supervisor import Supervisor
-from agent.processes.systemd import SystemdUnits, systemd_mode
+from agent.processes.systemd import SystemdUnits, keep_watchdog, notify, systemd_mode, watchdog_interval
+from agent.state import ClusterState, Role
+from agent.status import AgentStatus
 
 logger = log.get(__name__)
 
@@ -61,15 +62,22 @@ class Agent:
         self.source = source
         self.metrics = Metrics()
         self.status = AgentStatus(source=source.description)
-        # Lifecycle operations (drain, stop/start, scaling checks) on this node.
-        self.lifecycle = Lifecycle(self)
-        self.supervisor: NodeProcesses | None = None
+        self.syncer = ModelSyncer(paths.models, self.metrics)
+        # What node operations see of this node: narrow, never the Agent itself.
+        self.view = NodeView(
+            paths=paths, source=source.description, state=lambda: self.reconciler.state, status=self.status_dict,
+            agent_status=self.status, sync_status=self.syncer.status,
+            serving_models=lambda: self.reconciler.serving_models, catch_up=self.catch_up,
+        )
+        manager = None
         if manage_processes:
             # systemd runs the processes on platform nodes; the agent itself elsewhere.
-            inner = SystemdUnits(paths.conf / "systemd") if systemd_mode() else Supervisor(paths.run, self.metrics)
-            self.supervisor = self.lifecycle.processes = NodeProcesses(inner, self.lifecycle)
+            manager = SystemdUnits(paths.conf / "systemd") if systemd_mode() else Supervisor(paths.run, self.metrics)
+        # Lifecycle operations (drain, stop/start, scaling checks, Envoy drift) on this node.
+        self.lifecycle = Lifecycle.build(self.view, manager)
+        self.supervisor = self.lifecycle.processes
         self.reconciler = Reconciler(paths, self.status, self.metrics, self.supervisor)
-        self.syncer = ModelSyncer(paths.models, self.metrics)
+        self.sampler = Sampler(self.view)
         self.repo = RepoSeeder(paths)
         self.commands = CommandRunner(paths.logs, paths.state, self.metrics)
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
@@ -105,7 +113,8 @@ class Agent:
         structlog.contextvars.bind_contextvars(data_dir=str(self.paths.data_dir))
         self.paths.ensure()
         remove_stale_staging([self.paths.envoy_conf, self.paths.envoy_dynamic, self.paths.serving_conf])
-        self._control = await start_control(create_control_app(self), self.paths.control_socket)
+        self._control = await start_control(create_control_app(self.view, self.lifecycle, self.sampler),
+                                            self.paths.control_socket)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(), name="metadata")
@@ -114,7 +123,11 @@ class Agent:
                 tg.create_task(self.repo.run(), name="repository-seed")
                 tg.create_task(self.commands.run(), name="commands")
                 tg.create_task(self._rotate_logs(), name="log-rotation")
-                tg.create_task(self._watch_envoy_drift(), name="envoy-drift")
+                tg.create_task(self.lifecycle.drift.run(), name="envoy-drift")
+                tg.create_task(self.sampler.run(), name="monitor-sampler")
+                interval = watchdog_interval()
+                if interval:
+                    tg.create_task(keep_watchdog(interval, _loop_alive), name="systemd-watchdog")
         finally:
             await asyncio.shield(self._shutdown())
 
@@ -129,22 +142,8 @@ class Agent:
                 logger.warning("logs.rotation_failed", error=str(e))
             await asyncio.sleep(limits.LOG_ROTATE_INTERVAL)
 
-    async def _watch_envoy_drift(self) -> None:
-        """A drain or health-check failure someone did through Envoy's admin port shows in
-        status and health, and is undone: the node serves as its metadata says."""
-        while True:
-            await asyncio.sleep(DRIFT_INTERVAL)
-            if self.supervisor is None:
-                continue
-            try:
-                drift = await self.lifecycle.envoy_drift()
-                if drift:
-                    logger.warning("envoy.drift", drift=list(drift))
-                    await self.lifecycle.restore_envoy(drift)
-            except Exception:
-                logger.exception("envoy.drift_check_failed")
-
     async def _shutdown(self) -> None:
+        notify("STOPPING=1")
         await self.reconciler.close()
         for runner in (self._console, self._control):
             if runner is not None:
@@ -194,7 +193,7 @@ class Agent:
                 return (f"metadata version {snap.version} read from {self.source.description} "
                         f"not applied within {timeout:.0f}s")
             if not self._attempt_ok:
-                return metadata_problem(self) or f"metadata version {snap.version} not applied"
+                return metadata_problem(self.view) or f"metadata version {snap.version} not applied"
             if self.reconciler.applied_tree == snap.tree:
                 return None
             # A different tree was applied after the read (an older one in flight, or a
@@ -267,8 +266,8 @@ class Agent:
             paths=self.paths,
             status=self.status_dict,
             metrics=self.metrics,
-            envoy_admin_url=f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}",
-            model_server_url=f"http://{state.me.ip}:{SERVING_REST_PORT}",
+            envoy_admin_url=envoy_admin_url(state.me.ip),
+            model_server_url=model_server_url(state.me.ip),
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
         )
         p = state.params
@@ -278,3 +277,9 @@ class Agent:
         except OSError as e:  # ssl.SSLError included
             logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
             self._console_enabled = False
+
+
+async def _loop_alive() -> bool:
+    """The event loop runs tasks: the watchdog task itself got here."""
+    await asyncio.sleep(0)
+    return True

@@ -13,6 +13,7 @@ import jsonschema
 
 from agent import PROJECT_ROOT
 from agent.errors import Problem
+from agent.ports import FIXED_PORTS
 
 SCHEMA_FILE = PROJECT_ROOT / "config_schema.json"
 
@@ -92,7 +93,20 @@ def parameter_specs() -> list[dict]:
 
 def reserved_ports() -> dict[int, str]:
     """Ports the API ports may not take, with what holds them."""
-    return {int(p): what for p, what in _schema()["reserved_ports"].items()}
+    return dict(FIXED_PORTS)
+
+
+def valid_model_name(name: str) -> bool:
+    """True when `name` follows model.name's rule in config_schema.json (a model name
+    becomes a directory name: no '..', no '/')."""
+    return model_name_rule().match(name) is not None
+
+
+@cache
+def model_name_rule() -> re.Pattern[str]:
+    """model.name's pattern in config_schema.json, compiled (the one home of the rule)."""
+    spec = next(s for s in parameter_specs() if s["key"] == "model.name")
+    return re.compile(strict_pattern(spec["pattern"]))
 
 
 def _json_schema(spec: dict) -> dict:

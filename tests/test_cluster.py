@@ -16,8 +16,8 @@ import time
 import pytest
 
 from agent.commands.up import cluster_trees
-from tests.load import GrpcLoad, Load
-from tests.node import Node, http, predict, wait_for
+from tests.harness.load import GrpcLoad, Load
+from tests.harness.node import Node, http, predict, wait_for
 
 pytestmark = pytest.mark.slow
 

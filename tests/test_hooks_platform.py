@@ -14,7 +14,7 @@ from agent import PROJECT_ROOT
 from agent.commands.hook import HOOKS, exit_codes
 from agent.nodeops.monitor import GROUPS, ITEMS
 from agent.params import parameter_specs
-from tests.platform_hooks import cluster_json
+from tests.harness.platform_hooks import cluster_json
 
 PLATFORM = PROJECT_ROOT / "platform"
 

@@ -3,7 +3,7 @@
 mode the node's processes become units driven through systemctl.
 
 No systemd runs as PID 1 here: the sd_notify side is the real protocol on a real
-datagram socket; systemctl is a test double (tests/systemctl_double.py)."""
+datagram socket; systemctl is a test double (tests/harness/systemctl_double.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from agent.processes.systemd import (
     BUILTIN_SERVER_UNIT, ENVOY_UNIT, TFSERVING_UNIT, SystemdUnits, env_file_content, memory_max, notify,
     watchdog_interval,
 )
-from tests.foundation_trees import write_tree
-from tests.platform_hooks import repo_node_tree
-from tests.repo_support import ACCESS_KEY, REPO_ENV, SECRET_KEY, minio_on_path  # noqa: F401  (fixture)
+from tests.harness.foundation_trees import write_tree
+from tests.harness.platform_hooks import repo_node_tree
+from tests.harness.repo_support import ACCESS_KEY, REPO_ENV, SECRET_KEY, minio_on_path  # noqa: F401  (fixture)
 
 UNITS_DIR = PROJECT_ROOT / "systemd"
 UNIT_FILES = sorted(UNITS_DIR.glob("*.service"))
@@ -150,7 +150,7 @@ def systemctl(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("SYSTEMCTL_DOUBLE_DIR", str(home))
     script = home / "systemctl"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_ROOT / 'tests' / 'systemctl_double.py'} \"$@\"\n")
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_ROOT / 'tests' / 'harness' / 'systemctl_double.py'} \"$@\"\n")
     script.chmod(0o755)
 
     def calls() -> list[list[str]]:
@@ -211,13 +211,13 @@ async def test_systemd_mode_runs_minio_with_its_credentials_only_in_the_private_
         tmp_path, systemctl, minio_on_path, node_ip):
     from agent.paths import Paths
     from agent.pipeline.plan import make_plan
-    from agent.state import parse_cluster_state, normalize_tree
     from agent.processes.systemd import MINIO_UNIT
+    from agent.state import parse_cluster_state, normalize_tree
 
     script, calls = systemctl
     paths = Paths(tmp_path / "data")
     state = parse_cluster_state(normalize_tree(repo_node_tree(node_ip, **REPO_ENV)))
-    plan = make_plan(state, paths, None, ())
+    plan = make_plan(state, paths, ())
     minio = next(p for p in plan.processes if p.name == "minio")
     env_file = next(f for f in plan.files if f.path == paths.conf / "minio.env")
     assert env_file.mode == 0o600 and plan.problems == ()

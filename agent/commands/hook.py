@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Awaitable, Callable
 
+from agent.metadata import DEFAULT_SOURCE as DEFAULT_METADATA
 from agent.paths import Paths, default_paths
 
 DATA_DIR_ENV = "INFERENCE_AGENT_DATA_DIR"
 METADATA_ENV = "INFERENCE_AGENT_METADATA"
-DEFAULT_METADATA = "http://metadata/"
 # The monitor must print within 5 s (the platform's rule); leave room for start-up.
 MONITOR_BUDGET = 3.5
 DRAIN_TIMEOUT = 30.0
 
 
 class ExitCode(IntEnum):
-    """Hook exit codes; the scale refusals (11..15) are `agent.nodeops.lifecycle.Refusal`."""
+    """Hook exit codes; the scale refusals (11..15) are `agent.nodeops.scaling.Refusal`."""
 
     OK = 0
     FAILED = 1
@@ -45,7 +45,7 @@ class ExitCode(IntEnum):
 
 def exit_codes() -> dict[int, str]:
     """Every exit code a hook can return, by number, with its name."""
-    from agent.nodeops.lifecycle import Refusal
+    from agent.nodeops.scaling import Refusal
 
     return {**{int(c): c.name for c in ExitCode}, **{int(r): r.name for r in Refusal}}
 
@@ -79,7 +79,7 @@ class Hook:
 
     async def call(self, method: str, route: str, timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
         """Call the agent's control API; HookFailed(NO_AGENT) when no agent answers."""
-        from agent.nodeops.control import request
+        from agent.clients.control import request
 
         try:
             status, body = await request(self.paths.control_socket, method, route,
@@ -121,32 +121,6 @@ async def read_state(hook: Hook):
         return parse_cluster_state(snap.tree)
     except InvalidMetadata as e:
         raise HookFailed(ExitCode.REFUSED, "metadata refused:\n  " + "\n  ".join(map(str, e.problems))) from None
-
-
-def prepare_node(paths: Paths, state) -> list[str]:
-    """Directories and permissions, and the built-in models where this node needs
-    them: on local disk (serving node, s3.type none) or staged for the bucket
-    (model_repo node with MinIO). Idempotent; returns what it did."""
-    from agent.modelstore.repo_node import minio_data_dir
-    from agent.serving.builtin_models import install_builtin
-    from agent.state import Role
-
-    done = []
-    paths.ensure()
-    paths.data_dir.chmod(0o755)
-    for d in (paths.models, paths.logs, paths.conf):
-        d.chmod(0o755)
-    done.append(f"directories under {paths.data_dir}")
-    if state.me.role is Role.MODEL_SERVING and state.params.s3_type == "none":
-        install_builtin(paths.models)
-        done.append(f"built-in models in {paths.models}")
-    if state.me.role is Role.MODEL_REPO and state.params.s3_type == "minio":
-        minio = minio_data_dir(paths)
-        minio.mkdir(parents=True, exist_ok=True)
-        minio.chmod(0o700)
-        install_builtin(paths.models)
-        done.append(f"MinIO data in {minio}; built-in models staged in {paths.models} for the bucket")
-    return done
 
 
 async def wait_seeded(hook: Hook) -> dict[str, Any]:
@@ -206,7 +180,9 @@ async def hook_init(hook: Hook) -> int:
     """Directories, permissions and built-in models; refuses metadata without the
     credentials its s3.type needs (none are shipped)."""
     state = await read_state(hook)
-    for line in await asyncio.to_thread(prepare_node, hook.paths, state):
+    from agent.nodeops.prepare import prepare_for_state
+
+    for line in await asyncio.to_thread(prepare_for_state, hook.paths, state):
         hook.say(line)
     return ExitCode.OK
 
@@ -246,7 +222,7 @@ async def hook_stop(hook: Hook) -> int:
 def _drained(drain: dict | None) -> str:
     if not drain:
         return ""
-    from agent.nodeops.lifecycle import PEER_MARGIN
+    from agent.nodeops.drain import PEER_MARGIN
 
     # Only this node's Envoy can be asked (the others' admin is on their loopback): say
     # what it saw, and that the others were given a margin, no more.

@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from agent.commands.sync import ProgressBar
     from agent.modelstore.listing import VERSION_RE
     from agent.modelstore.push import PushError, push_to_root, push_to_store
-    from agent.modelstore.sync import MODEL_NAME
+    from agent.params import valid_model_name
     from agent.paths import default_paths
 
     agent_log.setup(level="warning")
-    if not MODEL_NAME.match(args.name):
+    if not valid_model_name(args.name):
         return _fail(f"invalid model name {args.name!r} (letters, digits, '.', '_', '-'; not starting with '.')", 2)
     if args.version is not None and not VERSION_RE.match(str(args.version)):
         return _fail(f"invalid version {args.version} (a non-negative integer below 10^19)", 2)

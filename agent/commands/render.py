@@ -22,8 +22,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.files import replace_files
+    from agent.files import RenderedFile
     from agent.pipeline.plan import make_plan
-    from agent.pipeline.render import RenderedFile
     from agent.state import parse_cluster_state
 
     paths = paths_from(args)
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print("invalid metadata:\n  " + "\n  ".join(map(str, e.problems)), file=sys.stderr)
         return 1
     out = Path(args.out).resolve()
-    plan = make_plan(state, paths, tree, (state.params.model_name,))
+    plan = make_plan(state, paths, (state.params.model_name,))
     files = [RenderedFile(out / f.path.relative_to(paths.data_dir), f.content, f.mode) for f in plan.files]
     asyncio.run(replace_files(files))
     for f in files:

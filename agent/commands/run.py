@@ -8,8 +8,7 @@ import os
 import signal
 
 from agent.commands.common import add_data_dir, add_logging, paths_from, setup_logging
-
-DEFAULT_METADATA = "http://metadata/"
+from agent.metadata import DEFAULT_SOURCE as DEFAULT_METADATA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

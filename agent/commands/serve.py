@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agent.ports import SERVING_GRPC_PORT, SERVING_REST_PORT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `inference-agent serve`."""
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default 8501)")
+    parser.add_argument("--port", type=int, default=SERVING_GRPC_PORT, help=f"gRPC port (default {SERVING_GRPC_PORT})")
+    parser.add_argument("--rest_api_port", type=int, default=SERVING_REST_PORT,
+                        help=f"REST port (default {SERVING_REST_PORT})")
     parser.add_argument("--host", default="0.0.0.0", help="bind address of both ports (default 0.0.0.0)")
     parser.add_argument("--model_config_file", type=Path, help="TF Serving models.config (text format)")
     parser.add_argument(
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     import agent.log
-    from agent.serving.batching import BatchingOptions, parse_sizes
     from agent.serving import limits
+    from agent.serving.batching import BatchingOptions, parse_sizes
     from agent.serving.server import ServerOptions
 
     agent.log.setup(level=args.log_level)

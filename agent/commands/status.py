@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the status as JSON; exit 1 when no agent runs."""
-    from agent.nodeops.control import request
+    from agent.clients.control import request
 
     try:
         _, body = asyncio.run(request(paths_from(args).control_socket, "GET", "/status"))

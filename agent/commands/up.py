@@ -22,6 +22,7 @@ import yaml
 from agent import PROJECT_ROOT
 from agent.commands.common import add_logging, setup_logging
 from agent.paths import Paths
+from agent.ports import CONSOLE_PORT, MINIO_PORT
 
 SINGLE_NODE_EXAMPLE = PROJECT_ROOT / "examples" / "single-node.yaml"
 DEFAULT_DATA_DIR = "inference-data"
@@ -85,15 +86,14 @@ def cluster_trees(ips: list[str], repo_ip: str | None = None, **env: str) -> lis
     return trees
 
 
-def prepare_node(paths: Paths, tree: dict | None, metadata: str | None = None, builtin: bool = True) -> Path:
-    """Create a node's data directory with the built-in models (unless `builtin` is
-    false: a serving node that syncs them from the repository) and its metadata file
-    (kept if it exists: it is the operator's to edit); return the metadata path."""
-    from agent.serving.builtin_models import install_builtin
+def local_node(paths: Paths, tree: dict | None, metadata: str | None = None, builtin: bool = True) -> Path:
+    """Prepare a local node (agent/nodeops/prepare.py) with the built-in models (unless
+    `builtin` is false: a serving node that syncs them from the repository) and write its
+    metadata file (kept if it exists: it is the operator's to edit); return the metadata
+    path."""
+    from agent.nodeops.prepare import prepare_node
 
-    paths.ensure()
-    if builtin:
-        install_builtin(paths.models)
+    prepare_node(paths, builtin_models=builtin)
     if metadata:
         return Path(metadata).resolve()
     live = paths.data_dir / "metadata.yaml"
@@ -103,6 +103,23 @@ def prepare_node(paths: Paths, tree: dict | None, metadata: str | None = None, b
             else "# This node's /self metadata view: edit it while the node runs.\n" + yaml.safe_dump(tree, sort_keys=False)
         )
     return live
+
+
+def public_ports(metadata: Path) -> tuple[int, int]:
+    """The node's http.port and grpc.port as its metadata file sets them (the schema's
+    defaults where it does not, or sets them wrongly: the agent then says why)."""
+    from agent.metadata.file import load_tree_file
+    from agent.params import parameter_specs
+
+    defaults = {s["key"]: s.get("default") for s in parameter_specs()}
+    env = load_tree_file(metadata).get("env") or {}
+    ports = []
+    for key in ("http.port", "grpc.port"):
+        try:
+            ports.append(int(env.get(key, defaults[key])))
+        except (TypeError, ValueError):
+            ports.append(int(defaults[key]))
+    return ports[0], ports[1]
 
 
 async def run_nodes(nodes: list[tuple[Paths, Path]]) -> None:
@@ -125,19 +142,20 @@ def run(args: argparse.Namespace) -> int:
     if args.repo:
         return run_with_repo(args, root)
     if args.nodes == 1:
-        nodes = [(root, prepare_node(root, None, args.metadata))]
+        nodes = [(root, local_node(root, None, args.metadata))]
     else:
         nodes = []
         ips = [f"127.0.0.{k}" for k in range(1, args.nodes + 1)]
         for k, tree in enumerate(cluster_trees(ips), start=1):
             paths = Paths(root.data_dir / f"node{k}")
-            nodes.append((paths, prepare_node(paths, tree)))
+            nodes.append((paths, local_node(paths, tree)))
     ips = [load_tree_file(m).get("host", {}).get("ip", "?") for _, m in nodes]
+    http_port, grpc_port = public_ports(nodes[0][1])
     print(
         f"Inference Engine: {len(nodes)} serving node(s) on {', '.join(ips)}; data in {root.data_dir}\n"
-        f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ips[0]}:8080/v1/models/half_plus_two:predict\n"
-        f"  gRPC:    {ips[0]}:8081 (tensorflow.serving.PredictionService)\n"
-        f"  console: http://{ips[0]}:8090/\n"
+        f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ips[0]}:{http_port}/v1/models/half_plus_two:predict\n"
+        f"  gRPC:    {ips[0]}:{grpc_port} (tensorflow.serving.PredictionService)\n"
+        f"  console: http://{ips[0]}:{CONSOLE_PORT}/\n"
         f"  metadata: {', '.join(str(m) for _, m in nodes)} (edit to change a node live)\n"
         "Ctrl-C stops every node.",
         file=sys.stderr,
@@ -203,20 +221,21 @@ def run_with_repo(args: argparse.Namespace, root: Paths) -> int:
     env = {"s3.type": "minio", "model.sync.interval": REPO_SYNC_INTERVAL,
            **repo_credentials(repo_paths.data_dir / "metadata.yaml")}
     trees = cluster_trees(ips, repo_ip, **env)
-    nodes = [(Paths(root.data_dir / f"node{k}"), prepare_node(Paths(root.data_dir / f"node{k}"), tree, builtin=False))
+    nodes = [(Paths(root.data_dir / f"node{k}"), local_node(Paths(root.data_dir / f"node{k}"), tree, builtin=False))
              for k, tree in enumerate(trees[:-1], start=1)]
     # The repo node stages the built-in models; the agent seeds the bucket with them once.
-    nodes.append((repo_paths, prepare_node(repo_paths, trees[-1])))
-    endpoint = f"http://{repo_ip}:9000"
+    nodes.append((repo_paths, local_node(repo_paths, trees[-1])))
+    endpoint = f"http://{repo_ip}:{MINIO_PORT}"
+    http_port, _ = public_ports(nodes[0][1])
     print(
-        f"Inference Engine: {len(ips)} serving node(s) on {', '.join(ips)}, model repository on {repo_ip}:9000; "
+        f"Inference Engine: {len(ips)} serving node(s) on {', '.join(ips)}, model repository on {repo_ip}:{MINIO_PORT}; "
         f"data in {root.data_dir}\n"
         + (f"  {standin}\n" if standin else "")
-        + f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ips[0]}:8080/v1/models/half_plus_two:predict\n"
+        + f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ips[0]}:{http_port}/v1/models/half_plus_two:predict\n"
         f"  models:  s3://models/<name>/<version>/... at {endpoint} (path-style), access key {env['s3.access.key']}, "
         f"secret key in {repo_paths.data_dir / 'metadata.yaml'}\n"
         f"           upload a model there, then set model.name in every node's metadata\n"
-        f"  console: http://{ips[0]}:8090/ (repository node: http://{repo_ip}:8090/)\n"
+        f"  console: http://{ips[0]}:{CONSOLE_PORT}/ (repository node: http://{repo_ip}:{CONSOLE_PORT}/)\n"
         f"  metadata: {', '.join(str(m) for _, m in nodes)} (edit to change a node live)\n"
         "Ctrl-C stops every node.",
         file=sys.stderr,

@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _check_with_envoy(tree: dict) -> None:
-    from agent.pipeline.envoy import check_staged
     from agent.files import stage
     from agent.paths import Paths
+    from agent.pipeline.envoy import check_staged
     from agent.pipeline.plan import make_plan
     from agent.state import parse_cluster_state
 
@@ -28,7 +28,7 @@ async def _check_with_envoy(tree: dict) -> None:
         paths = Paths(Path(tmp))
         paths.ensure()
         state = parse_cluster_state(tree)
-        plan = make_plan(state, paths, tree, (state.params.model_name,))
+        plan = make_plan(state, paths, (state.params.model_name,))
         await check_staged([stage(f) for f in plan.files], paths.envoy_dynamic)
 
 

@@ -26,17 +26,18 @@ import aiohttp
 
 from agent import log
 from agent.envfile import render_env
+from agent.files import RenderedFile
 from agent.paths import Paths
-from agent.pipeline.render import RenderedFile
-from agent.state import MINIO_PORT, ClusterState, Role
+from agent.ports import MINIO_PORT
+from agent.processes.names import MINIO
 from agent.processes.supervisor import ProcessSpec
+from agent.state import ClusterState, Role
 
 if TYPE_CHECKING:
     from agent.modelstore import StoreConfig
 
 logger = log.get(__name__)
 
-MINIO = "minio"
 MINIO_LOG = "minio.log"
 HEALTH_PATH = "/minio/health/live"
 # MinIO refuses to start with shorter root credentials.

@@ -16,7 +16,6 @@ import collections
 import fcntl
 import functools
 import os
-import re
 import shutil
 import stat
 import threading
@@ -33,6 +32,7 @@ from agent.modelstore.download import Cancelled, Counters, Fetcher, FetchError, 
 from agent.modelstore.layout import ModelDir, boot_id, flush_filesystem, fsync_dir, publish, retire
 from agent.modelstore.listing import RemoteModel, RemoteObject, list_model
 from agent.modelstore.manifest import Files, Journal, Manifest, Parts
+from agent.params import model_name_rule
 
 log = agent_log.get(__name__)
 
@@ -40,7 +40,7 @@ PROGRESS_INTERVAL = 0.2
 # A push whose marker is older than this is taken for abandoned: no more quick re-syncs.
 PUSH_ABANDONED_SECONDS = 3600.0
 # model.name's rule in config_schema.json.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MODEL_NAME = model_name_rule()
 
 
 @dataclass(frozen=True)

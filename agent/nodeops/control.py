@@ -14,28 +14,26 @@ hooks and tests. Only the agent's own user can reach it.
     POST /scale/in            {"timeout": s}: scale-in on a remaining node
     POST /scale/out           {"timeout": s}: scale-out on an existing node
 
-Scale answers carry `code`: 0, or the hook exit code of the refusal (agent/nodeops/lifecycle.py).
+Scale answers carry `code`: 0, or the hook exit code of the refusal (agent/nodeops/scaling.py).
 Every answer that depends on the cluster (health, repair, scale) first brings the agent
-up to date with its metadata source (`Agent.catch_up`): the platform calls a hook right
+up to date with its metadata source (`NodeView.catch_up`): the platform calls a hook right
 after writing metadata, and the answer must be for that write, not the one before.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from agent import log
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.nodeops.lifecycle import Verdict
+from agent.nodeops import health, monitor
+from agent.nodeops.lifecycle import Lifecycle
+from agent.nodeops.scaling import Verdict
+from agent.nodeops.view import NodeView
 
 logger = log.get(__name__)
 
@@ -76,30 +74,23 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _verdict(v: "Verdict") -> web.Response:
+def _verdict(v: Verdict) -> web.Response:
     return web.json_response({"code": int(v.code), "message": v.message})
 
 
-def create_control_app(agent: "Agent") -> web.Application:
-    """The control API's routes for `agent`; also runs the monitor's sampler and
-    systemd's watchdog."""
-    # Imported here, not above: the hooks import this module for `request` alone and
-    # must start fast (the monitor has 5 s in all).
-    from agent.nodeops import health, monitor
-    from agent.processes.systemd import keep_watchdog, notify, watchdog_interval
-
-    lifecycle = agent.lifecycle
-    sampler = monitor.Sampler(agent)
+def create_control_app(view: NodeView, lifecycle: Lifecycle, sampler: monitor.Sampler) -> web.Application:
+    """The control API's routes for the node `view` shows; `sampler` is the monitor's
+    (its task is the Agent's)."""
     app = web.Application(middlewares=[_errors])
     routes = web.RouteTableDef()
 
     @routes.get("/status")
     async def get_status(_request: web.Request) -> web.Response:
-        return web.json_response({**agent.status_dict(), "lifecycle": lifecycle.status()})
+        return web.json_response({**view.status(), "lifecycle": lifecycle.status()})
 
     async def checked(request: web.Request) -> "health.HealthReport":
-        problem = await agent.catch_up(_query_seconds(request, "catch_up", HEALTH_CATCH_UP))
-        return await health.check(agent, lifecycle, extra=problem)
+        problem = await view.catch_up(_query_seconds(request, "catch_up", HEALTH_CATCH_UP))
+        return await health.check(view, lifecycle, extra=problem)
 
     @routes.get("/health")
     async def get_health(request: web.Request) -> web.Response:
@@ -108,66 +99,47 @@ def create_control_app(agent: "Agent") -> web.Application:
     @routes.post("/health/repair")
     async def post_repair(request: web.Request) -> web.Response:
         report = await checked(request)
-        restarted = await health.repair(agent, lifecycle, report)
+        restarted = await health.repair(lifecycle, report)
         return web.json_response({"restarted": restarted, "before": report.to_dict()})
 
     @routes.get("/monitor")
     async def get_monitor(_request: web.Request) -> web.Response:
-        return web.json_response(await monitor.collect(agent, sampler, health.check(agent, lifecycle)))
+        return web.json_response(await monitor.collect(view, lifecycle.processes, sampler, health.check(view, lifecycle)))
 
     @routes.post("/drain")
     async def post_drain(request: web.Request) -> web.Response:
         timeout = _seconds(await _body(request), "timeout", 30.0)
-        return web.json_response(asdict(await lifecycle.drain(timeout)))
+        return web.json_response(asdict(await lifecycle.drainer.drain(timeout)))
 
     @routes.post("/undrain")
     async def post_undrain(_request: web.Request) -> web.Response:
-        await lifecycle.undrain()
+        await lifecycle.drainer.undrain()
         return web.json_response(lifecycle.status())
 
     @routes.post("/services/stop")
     async def post_stop(request: web.Request) -> web.Response:
         timeout = _seconds(await _body(request), "drain_timeout", 30.0)
-        return web.json_response(await lifecycle.stop_services(timeout))
+        return web.json_response(await lifecycle.services.stop_services(timeout))
 
     @routes.post("/services/start")
     async def post_start(_request: web.Request) -> web.Response:
-        await lifecycle.start_services()
+        await lifecycle.services.start_services()
         return web.json_response(lifecycle.status())
 
     @routes.get("/scale/in/check")
     async def get_scale_in_check(request: web.Request) -> web.Response:
-        return _verdict(await lifecycle.scale_in_check(_query_seconds(request, "timeout", 10.0)))
+        return _verdict(await lifecycle.scaling.scale_in_check(_query_seconds(request, "timeout", 10.0)))
 
     @routes.post("/scale/in")
     async def post_scale_in(request: web.Request) -> web.Response:
-        return _verdict(await lifecycle.scale_in(_seconds(await _body(request), "timeout", 60.0)))
+        return _verdict(await lifecycle.scaling.scale_in(_seconds(await _body(request), "timeout", 60.0)))
 
     @routes.post("/scale/out")
     async def post_scale_out(request: web.Request) -> web.Response:
-        return _verdict(await lifecycle.scale_out(_seconds(await _body(request), "timeout", 300.0)))
+        return _verdict(await lifecycle.scaling.scale_out(_seconds(await _body(request), "timeout", 300.0)))
 
     app.add_routes(routes)
-
-    async def background(_app: web.Application):
-        tasks = [asyncio.create_task(sampler.run(), name="monitor-sampler")]
-        interval = watchdog_interval()
-        if interval:
-            tasks.append(asyncio.create_task(keep_watchdog(interval, _loop_alive), name="systemd-watchdog"))
-        yield
-        notify("STOPPING=1")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    app.cleanup_ctx.append(background)
     return app
-
-
-async def _loop_alive() -> bool:
-    """The event loop runs tasks: the watchdog task itself got here."""
-    await asyncio.sleep(0)
-    return True
 
 
 @web.middleware
@@ -195,14 +167,3 @@ async def start_control(app: web.Application, path: Path) -> web.AppRunner:
 
     notify("READY=1")
     return runner
-
-
-async def request(path: Path, method: str, route: str, timeout: float = 10.0, **kwargs: Any) -> tuple[int, Any]:
-    """Call the running agent's control API; raises OSError when no agent listens."""
-    connector = aiohttp.UnixConnector(path=str(path))
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            async with s.request(method, f"http://agent{route}", **kwargs) as resp:
-                return resp.status, await resp.json(content_type=None)
-    except aiohttp.ClientConnectorError as e:
-        raise OSError(f"no agent is listening on {path}: {e.os_error}") from None

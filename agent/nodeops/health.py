@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
-
 from agent import log
-from agent.pipeline.plan import ENVOY, MODEL_SERVER
-from agent.pipeline.reconcile import model_state
-from agent.modelstore.repo_node import HEALTH_PATH, MINIO, minio_address, minio_live, runs_minio
+from agent.clients.model_server import model_state
+from agent.modelstore.repo_node import HEALTH_PATH, minio_address, minio_live, runs_minio
+from agent.nodeops.lifecycle import Lifecycle
+from agent.nodeops.view import NodeView, metadata_problem
+from agent.processes.names import ENVOY, MINIO, MODEL_SERVER
 from agent.state import Role
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.nodeops.lifecycle import Lifecycle
 
 logger = log.get(__name__)
 
@@ -48,30 +44,16 @@ class HealthReport:
         return asdict(self)
 
 
-def metadata_problem(agent: "Agent") -> str | None:
-    """Why the newest metadata is not in force on this node, or None when it is."""
-    if agent.reconciler.state is None:
-        return "no metadata applied yet"
-    status = agent.status_dict()
-    if not status["up_to_date"]:
-        rejection = status["last_rejection"]
-        why = f": {'; '.join(rejection['reasons'])}" if rejection and rejection["version"] == status["received_version"] else ""
-        return f"metadata version {status['received_version'] or '?'} not applied{why}"
-    if status["source_stale_since"] is not None:
-        return f"metadata source unreachable; running on the last good tree ({agent.source.description})"
-    return None
-
-
-async def check(agent: "Agent", lifecycle: "Lifecycle", extra: str | None = None) -> HealthReport:
+async def check(view: NodeView, lifecycle: Lifecycle, extra: str | None = None) -> HealthReport:
     """Check this node now; `extra` is why the metadata the source holds is not in
-    force (from `Agent.catch_up`), if it is not."""
-    state = agent.reconciler.state
+    force (from `NodeView.catch_up`), if it is not."""
+    state = view.state()
     reasons: list[str] = []
     if lifecycle.stopped:
         reasons.append("services are stopped (platform stop); run start")
     if lifecycle.draining:
         reasons.append("the node is draining")
-    problem = metadata_problem(agent) or extra
+    problem = metadata_problem(view) or extra
     applied = problem is None
     if problem:
         reasons.append(problem)
@@ -82,17 +64,17 @@ async def check(agent: "Agent", lifecycle: "Lifecycle", extra: str | None = None
     name = state.params.model_name
     minio = runs_minio(state)
     ready, model, live = await asyncio.gather(
-        agent.reconciler.admin(state).ready(),
+        view.admin().ready(),
         model_state(state.me.ip, name) if serving else _none(),
         minio_live(state.me.ip) if minio else _none(),
     )
-    problems = list(agent.status.problems)
+    problems = list(view.agent_status.problems)
     reasons += problems
     if minio and not live and not problems:
         reasons.append(f"MinIO does not answer on {minio_address(state.me.ip)}{HEALTH_PATH}")
     if not ready:
         reasons.append("Envoy is not ready")
-    drift = await lifecycle.envoy_drift() if ready else ()
+    drift = await lifecycle.drift.check() if ready else ()
     reasons.extend(drift)
     answering = (model is not None) if serving else None
     available = bool(model) if serving else None
@@ -110,15 +92,15 @@ async def _none() -> None:
     return None
 
 
-async def repair(agent: "Agent", lifecycle: "Lifecycle", report: HealthReport) -> list[str]:
+async def repair(lifecycle: Lifecycle, report: HealthReport) -> list[str]:
     """Restart what `report` found broken; returns the processes restarted."""
     processes = lifecycle.processes
     if report.healthy or processes is None or lifecycle.stopped or lifecycle.draining:
         return []
-    drift = tuple(r for r in report.reasons if r in lifecycle.drift)
+    drift = tuple(r for r in report.reasons if r in lifecycle.drift.drift)
     if drift and report.envoy_ready:
         # Put back what metadata says; a drained Envoy comes back by a restart.
-        if "restart envoy" in await lifecycle.restore_envoy(drift):
+        if "restart envoy" in await lifecycle.drift.restore(drift):
             return [ENVOY]
     restarted = []
     if not report.envoy_ready:

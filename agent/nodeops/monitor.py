@@ -15,29 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import Any, Awaitable
 
 import aiohttp
 import psutil
 
 from agent import log
-from agent.pipeline.plan import ENVOY, MODEL_SERVER
-from agent.pipeline.reconcile import model_state, models_in_config
+from agent.clients.envoy_admin import EnvoyAdmin
+from agent.clients.model_server import model_state
+from agent.nodeops.health import HealthReport
+from agent.nodeops.view import NodeView
+from agent.ports import LISTENER_KINDS
+from agent.processes.held import NodeProcesses
+from agent.processes.names import ENVOY, MODEL_SERVER
 from agent.state import Role
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.nodeops.health import HealthReport
 
 logger = log.get(__name__)
 
 SAMPLE_INTERVAL = 2.0
 RATE_WINDOW = 30.0
 ENVOY_TIMEOUT = 1.0
-STAT_PREFIXES = ("rest", "grpc")
+STAT_PREFIXES = tuple(LISTENER_KINDS)
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ class Sampler:
     """Readings that need a previous reading: Envoy's request total (for a rate) and the
     machine's CPU use. Its task runs until cancelled."""
 
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, view: NodeView | None):
+        self.view = view
         self._totals: collections.deque[tuple[float, int]] = collections.deque()
         self.cpu_percent = 0.0
 
@@ -137,11 +137,11 @@ class Sampler:
         while True:
             await asyncio.sleep(SAMPLE_INTERVAL)
             self.cpu_percent = psutil.cpu_percent(None)
-            state = self.agent.reconciler.state
-            if state is None:
+            admin = self.view.admin() if self.view is not None else None
+            if admin is None:
                 continue
             try:
-                stats = await self.agent.reconciler.admin(state).stats(_TOTAL_PATTERN)
+                stats = await admin.stats(_TOTAL_PATTERN)
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 continue
             self.record(time.monotonic(), sum(int(v or 0) for v in stats.values()))
@@ -149,28 +149,6 @@ class Sampler:
 
 _TOTAL_PATTERN = r"^http\.(rest|grpc)\.downstream_rq_total$"
 _STATS_PATTERN = r"^http\.(rest|grpc)\.downstream_rq_(2xx|4xx|5xx|time)$"
-
-
-async def _envoy_stats(admin_url: str) -> tuple[dict[str, int], dict[str, dict[float, float]]]:
-    """Counters and histogram quantiles of the public listeners from one admin call."""
-    timeout = aiohttp.ClientTimeout(total=ENVOY_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as s:
-        async with s.get(f"{admin_url}/stats", params={"filter": _STATS_PATTERN, "format": "json"}) as resp:
-            body = json.loads(await resp.text())
-    counters: dict[str, int] = {}
-    quantiles: dict[str, dict[float, float]] = {}
-    for item in body.get("stats", []):
-        if "name" in item:
-            counters[item["name"]] = int(item.get("value") or 0)
-        for hist in (item.get("histograms") or {}).get("computed_quantiles", []):
-            supported = item["histograms"]["supported_quantiles"]
-            values = {}
-            for q, v in zip(supported, hist.get("values", [])):
-                # The last flush interval describes now; an interval with no request has none.
-                value = v.get("interval")
-                values[float(q)] = float(value if value is not None else v.get("cumulative") or 0)
-            quantiles[hist["name"]] = values
-    return counters, quantiles
 
 
 def _rss_mib(pid: int | None) -> int:
@@ -194,12 +172,12 @@ def _sync_lag(sync_status: dict[str, Any], since: float, now: float) -> int:
     return max(0, int(now - (last if isinstance(last, (int, float)) else since)))
 
 
-async def collect(agent: "Agent", sampler: Sampler, health_check: Awaitable["HealthReport"]) -> dict[str, int]:
+async def collect(view: NodeView, processes: NodeProcesses | None, sampler: Sampler,
+                  health_check: Awaitable[HealthReport]) -> dict[str, int]:
     """Every monitor item's current value; `health_check` runs alongside the readings."""
     now = time.time()
-    state = agent.reconciler.state
-    status = agent.status
-    processes = agent.supervisor
+    state = view.state()
+    status = view.agent_status
     values: dict[str, int] = {item.name: 0 for item in ITEMS}
     values["agent_up"] = 1
     values["requests_per_second"] = _scaled(sampler.requests_per_second())
@@ -210,16 +188,16 @@ async def collect(agent: "Agent", sampler: Sampler, health_check: Awaitable["Hea
         values["envoy_memory"] = _rss_mib(processes.pid(ENVOY))
     if not status.up_to_date and status.received_at:
         values["metadata_lag"] = int(now - status.received_at)
-    values["model_sync_lag"] = _sync_lag(agent.syncer.status(), status.started_at, now)
+    values["model_sync_lag"] = _sync_lag(view.sync_status(), status.started_at, now)
     if state is None:
         values["healthy"] = int((await health_check).healthy)
         return values
 
     serving = state.me.role is Role.MODEL_SERVING
-    models = models_in_config(agent.paths.models_config) if serving else ()
+    models = view.serving_models() if serving else ()
     report, envoy, *model_states = await asyncio.gather(
         health_check,
-        _envoy_stats(agent.reconciler.admin(state).base_url),
+        EnvoyAdmin.of_node(state.me.ip, timeout=ENVOY_TIMEOUT).stats_with_quantiles(_STATS_PATTERN),
         *(model_state(state.me.ip, m) for m in models),
         return_exceptions=True,
     )

@@ -1,4 +1,5 @@
-"""Envoy: its command line, checks of its configuration, and its admin API (read-only use)."""
+"""Envoy in the pipeline: its command line, `envoy --mode validate` on staged files, and
+the wait until Envoy runs (or refused) the listeners and clusters just written."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
 
 from agent import log
-from agent.files import CheckFailed, Staged
-from agent.pipeline.render import Check
+from agent.clients.envoy_admin import EnvoyAdmin
+from agent.files import Check, CheckFailed, Staged
 
 logger = log.get(__name__)
 
@@ -116,71 +116,24 @@ async def check_staged(staged: list[Staged], dynamic_dir: Path) -> None:
     await _validate(_validation_bootstrap(listeners, clusters, assignments), "the listeners/clusters", workdir)
 
 
-class EnvoyAdmin:
-    """Client of Envoy's admin API, used read-only."""
-
-    def __init__(self, base_url: str, timeout: float = 2.0):
-        self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-
-    async def _get(self, path: str, **params: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession(timeout=self._timeout) as session:
-            async with session.get(f"{self.base_url}{path}", params=params) as resp:
-                return resp.status, await resp.text()
-
-    async def ready(self) -> bool:
-        """True when Envoy reports LIVE on /ready."""
+async def wait_applied(
+    admin: EnvoyAdmin, lds_version: str | None, cds_version: str | None, rejected_before: tuple[int, int], timeout: float = 5.0,
+) -> None:
+    """Wait until Envoy runs the given listener/cluster versions; raise CheckFailed if it
+    rejected an update (compared with `rejected_before`) or did not take it in time."""
+    deadline = time.monotonic() + timeout
+    wanted = {"listener_manager.lds.version_text": lds_version, "cluster_manager.cds.version_text": cds_version}
+    wanted = {k: v for k, v in wanted.items() if v}
+    while True:
         try:
-            status, _ = await self._get("/ready")
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return False
-        return status == 200
-
-    async def server_state(self) -> str:
-        """Envoy's server state from /server_info: LIVE, or DRAINING after /healthcheck/fail."""
-        _, text = await self._get("/server_info")
-        return str(json.loads(text).get("state", ""))
-
-    async def stats(self, pattern: str) -> dict[str, Any]:
-        """Stats (counters, gauges, text readouts) whose names match the regex `pattern`."""
-        _, text = await self._get("/stats", filter=pattern, format="json")
-        out: dict[str, Any] = {}
-        for item in json.loads(text).get("stats", []):
-            if "name" in item:
-                out[item["name"]] = item.get("value")
-        return out
-
-    async def clusters(self) -> dict[str, Any]:
-        """The /clusters view as JSON (hosts and their health flags)."""
-        _, text = await self._get("/clusters", format="json")
-        return json.loads(text)
-
-    async def rejections(self) -> tuple[int, int]:
-        """Envoy's counts of rejected listener and cluster updates."""
-        try:
-            stats = await self.stats(r"^(listener_manager\.lds|cluster_manager\.cds)\.update_rejected$")
+            stats = await admin.stats(r"^(listener_manager\.lds|cluster_manager\.cds)\.(version_text|update_rejected)$")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return (0, 0)
-        return (stats.get("listener_manager.lds.update_rejected", 0), stats.get("cluster_manager.cds.update_rejected", 0))
-
-    async def wait_applied(
-        self, lds_version: str | None, cds_version: str | None, rejected_before: tuple[int, int], timeout: float = 5.0,
-    ) -> None:
-        """Wait until Envoy runs the given listener/cluster versions; raise CheckFailed if it
-        rejected an update (compared with `rejected_before`) or did not take it in time."""
-        deadline = time.monotonic() + timeout
-        wanted = {"listener_manager.lds.version_text": lds_version, "cluster_manager.cds.version_text": cds_version}
-        wanted = {k: v for k, v in wanted.items() if v}
-        while True:
-            try:
-                stats = await self.stats(r"^(listener_manager\.lds|cluster_manager\.cds)\.(version_text|update_rejected)$")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                stats = {}
-            if stats and all(stats.get(k) == v for k, v in wanted.items()):
-                return
-            rejected = (stats.get("listener_manager.lds.update_rejected", 0), stats.get("cluster_manager.cds.update_rejected", 0))
-            if stats and rejected != rejected_before:
-                raise CheckFailed("Envoy rejected the new listeners/clusters (see envoy_error.log)")
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"Envoy did not apply versions {sorted(wanted.values())} within {timeout}s")
-            await asyncio.sleep(0.05)
+            stats = {}
+        if stats and all(stats.get(k) == v for k, v in wanted.items()):
+            return
+        rejected = (stats.get("listener_manager.lds.update_rejected", 0), stats.get("cluster_manager.cds.update_rejected", 0))
+        if stats and rejected != rejected_before:
+            raise CheckFailed("Envoy rejected the new listeners/clusters (see envoy_error.log)")
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"Envoy did not apply versions {sorted(wanted.values())} within {timeout}s")
+        await asyncio.sleep(0.05)

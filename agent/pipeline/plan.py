@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
 
-from agent.pipeline.envoy import envoy_argv
+from agent.files import RenderedFile
+from agent.modelstore.repo_node import plan_minio
 from agent.paths import Paths
-from agent.modelstore.repo_node import MINIO, plan_minio  # noqa: F401  (MINIO: a process name, beside ENVOY's)
-from agent.pipeline.render import RenderedFile, render_envoy, render_models_config
-from agent.state import SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role
+from agent.pipeline.envoy import envoy_argv
+from agent.pipeline.render import render_envoy, render_models_config
+from agent.ports import SERVING_GRPC_PORT, SERVING_REST_PORT
+from agent.processes.names import ENVOY, MODEL_SERVER
 from agent.processes.supervisor import ProcessSpec
+from agent.state import ClusterState, Role
 
-ENVOY = "envoy"
-MODEL_SERVER = "model_server"
 # Log file names are the seed's: operators look for them on the console.
 MODEL_SERVER_LOG = "tensorflow_serving.log"
 ENVOY_LOG = "envoy_error.log"
@@ -42,7 +42,7 @@ def serving_threads(state: ClusterState) -> int:
 
 
 def make_plan(
-    state: ClusterState, paths: Paths, tree: Mapping[str, Any] | None, serving_models: tuple[str, ...],
+    state: ClusterState, paths: Paths, serving_models: tuple[str, ...],
     retired_listeners: tuple[tuple[str, int], ...] = (),
 ) -> NodePlan:
     """The plan for `state`; `serving_models` is what models.config lists (model.name
@@ -50,14 +50,14 @@ def make_plan(
     `retired_listeners` are old public ports still in their grace period."""
     from agent.serving.backend import builtin_flags, resolve_backend, server_argv
 
-    files = render_envoy(state, paths, tree, retired_listeners)
+    files = render_envoy(state, paths, retired_listeners)
     bootstrap = files[0]
     processes = [ProcessSpec(
         ENVOY, tuple(envoy_argv(bootstrap.path)), paths.logs / ENVOY_LOG,
         generation=hashlib.sha256(bootstrap.content).hexdigest()[:12],
     )]
     if state.me.role is Role.MODEL_SERVING:
-        files.append(render_models_config(list(serving_models), paths, tree))
+        files.append(render_models_config(list(serving_models), paths))
         argv = server_argv(
             resolve_backend(state.params.serving_backend), paths.models_config, state.me.ip,
             SERVING_GRPC_PORT, SERVING_REST_PORT, serving_threads(state),

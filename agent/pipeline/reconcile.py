@@ -10,20 +10,21 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import aiohttp
-
 from agent import log
-from agent.pipeline.envoy import EnvoyAdmin, check_staged
+from agent.clients.envoy_admin import EnvoyAdmin
+from agent.clients.model_server import model_state
 from agent.errors import InvalidMetadata
-from agent.files import CheckFailed, replace_files
+from agent.files import Check, CheckFailed, RenderedFile, replace_files
 from agent.metadata import Snapshot
 from agent.metrics import Metrics
 from agent.paths import Paths
-from agent.pipeline.plan import ENVOY, MODEL_SERVER, NodePlan, make_plan
-from agent.pipeline.render import Check, RenderedFile, admin_address
-from agent.state import ENVOY_ADMIN_PORT, SERVING_GRPC_PORT, SERVING_REST_PORT, ClusterState, Role, parse_cluster_state
-from agent.status import AgentStatus, Rejection
+from agent.pipeline.envoy import check_staged, wait_applied
+from agent.pipeline.plan import NodePlan, make_plan
+from agent.ports import SERVING_GRPC_PORT
+from agent.processes.names import ENVOY, MODEL_SERVER
 from agent.processes.supervisor import ProcessManager
+from agent.state import ClusterState, Role, parse_cluster_state
+from agent.status import AgentStatus, Rejection
 
 logger = log.get(__name__)
 
@@ -37,26 +38,6 @@ MODEL_LINGER = 5.0
 MODEL_SWITCH_MAX = 300.0
 # A reload answers once the new models are loaded (ResNet takes seconds on a busy node).
 RELOAD_TIMEOUT = 120.0
-
-
-async def model_state(ip: str, name: str, timeout: float = 1.0) -> bool | None:
-    """Whether the model server on `ip` reports a version of `name` AVAILABLE; None
-    when the server does not answer at all (a dead node does not hold a switch up)."""
-    url = f"http://{ip}:{SERVING_REST_PORT}/v1/models/{name}"
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            async with s.get(url) as resp:
-                body = await resp.json(content_type=None) if resp.status == 200 else {}
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-    except ValueError:
-        return False
-    return any(v.get("state") == "AVAILABLE" for v in body.get("model_version_status", []))
-
-
-async def model_available(ip: str, name: str) -> bool:
-    """True when the model server on `ip` reports a version of `name` AVAILABLE."""
-    return bool(await model_state(ip, name))
 
 
 def models_in_config(path: Path) -> tuple[str, ...]:
@@ -95,6 +76,11 @@ class Reconciler:
             await asyncio.gather(self._reload, return_exceptions=True)
 
     @property
+    def serving_models(self) -> tuple[str, ...]:
+        """The models models.config lists now (model.name, plus one being switched away from)."""
+        return self._serving_models
+
+    @property
     def applied_tree(self) -> dict | None:
         """The metadata tree in force."""
         return self._applied_tree
@@ -124,7 +110,7 @@ class Reconciler:
         started = time.monotonic()
         self.pending = False
         plan = make_plan(
-            state, self.paths, snap.tree, await self._serving_models_for(state), self._retired_listeners(state),
+            state, self.paths, await self._serving_models_for(state), self._retired_listeners(state),
         )
         try:
             await self._apply_plan(plan)
@@ -187,14 +173,10 @@ class Reconciler:
             self.pending = True
         return tuple(sorted(self._retired))
 
-    def admin(self, state: ClusterState) -> EnvoyAdmin:
-        """Client of this node's Envoy admin API."""
-        return EnvoyAdmin(f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}")
-
     async def _apply_plan(self, plan: NodePlan) -> None:
         envoy_live = self.supervisor is not None and self.supervisor.pid(ENVOY) is not None
         previous = {f.path: _read(f.path) for f in plan.files if f.check is Check.ENVOY_DYNAMIC}
-        admin = self.admin(plan.state)
+        admin = EnvoyAdmin.of_node(plan.state.me.ip)
         rejected_before = await admin.rejections() if envoy_live else (0, 0)
         changed = await replace_files(list(plan.files), check=lambda staged: check_staged(staged, self.paths.envoy_dynamic))
         if changed:
@@ -209,7 +191,8 @@ class Reconciler:
         dynamic = {f.path.name: f for f in changed if f.check is Check.ENVOY_DYNAMIC}
         if envoy_live and dynamic:
             try:
-                await admin.wait_applied(
+                await wait_applied(
+                    admin,
                     dynamic["lds.yaml"].version if "lds.yaml" in dynamic else None,
                     dynamic["cds.yaml"].version if "cds.yaml" in dynamic else None,
                     rejected_before,
@@ -240,7 +223,7 @@ class Reconciler:
 
 
 async def _reload(target: str, config_text: str) -> None:
-    from agent.clients.model_server_admin import ReloadFailed, reload_config
+    from agent.clients.model_server import ReloadFailed, reload_config
 
     started = time.monotonic()
     try:

@@ -23,8 +23,8 @@ import psutil
 
 from agent import log
 from agent.envfile import env_lines, read_env
-from agent.files import replace_files
-from agent.pipeline.render import RenderedFile
+from agent.files import RenderedFile, replace_files
+from agent.processes.names import ENVOY, MINIO, MODEL_SERVER
 from agent.processes.supervisor import ProcessSpec
 
 logger = log.get(__name__)
@@ -100,8 +100,6 @@ async def keep_watchdog(interval: float, alive: Callable[[], Awaitable[bool]]) -
 
 def unit_for(spec: ProcessSpec) -> str:
     """The unit that runs `spec` (by process name; the model server by backend)."""
-    from agent.pipeline.plan import ENVOY, MINIO, MODEL_SERVER
-
     if spec.name == ENVOY:
         return ENVOY_UNIT
     if spec.name == MODEL_SERVER:
@@ -207,8 +205,6 @@ class SystemdUnits:
                 await self._start(name, restart=state.running)
 
     async def _start(self, name: str, restart: bool) -> None:
-        from agent.pipeline.plan import MODEL_SERVER
-
         unit = self._units[name].unit
         if name == MODEL_SERVER:
             await self._systemctl("set-property", "--runtime", unit, f"MemoryMax={memory_max()}")

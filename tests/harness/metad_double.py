@@ -30,7 +30,7 @@ the behaviour the agent relies on (reference/appcenter.md section 1):
 Not reproduced: HEAD-only subtleties, `?wait` on paths below a mapping leaf, links.
 
 Run it on its own (for demos, or to kill it with a real signal):
-`python tests/metad_double.py --tree cluster.yaml --listen 127.0.0.1:8000 [--ip-map 127.0.0.1=10.0.0.5]`
+`python tests/harness/metad_double.py --tree cluster.yaml --listen 127.0.0.1:8000 [--ip-map 127.0.0.1=10.0.0.5]`
 """
 
 from __future__ import annotations

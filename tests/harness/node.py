@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from tests.foundation_trees import write_tree
+from agent.ports import envoy_admin_url
+from tests.harness.foundation_trees import write_tree
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -80,19 +81,20 @@ class Node:
 
     @property
     def admin(self) -> str:
-        return f"http://{self.ip}:8001"
+        return envoy_admin_url(self.ip)
 
     def install_models(self) -> None:
         """The built-in models on local disk, as `init` does for s3.type none."""
         subprocess.run([sys.executable, "-m", "agent", "models", "install-builtin", str(self.data_dir / "models")],
                        check=True, capture_output=True)
 
-    def start(self) -> "Node":
-        """Start the agent; returns once Envoy serves a prediction through http.port."""
+    def start(self, *extra_args: str) -> "Node":
+        """Start the agent (`inference-agent run`, plus `extra_args`); returns at once:
+        `wait_serving` waits until Envoy serves a prediction through http.port."""
         log = open(self.data_dir / "agent.stderr", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--metadata", self.source,
-             "--data-dir", str(self.data_dir), "--log-format", "json"],
+             "--data-dir", str(self.data_dir), "--log-format", "json", *extra_args],
             stdout=log, stderr=log, start_new_session=True,
         )
         return self

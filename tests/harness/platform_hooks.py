@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import PROJECT_ROOT
-from tests.foundation_trees import single_node_tree
+from tests.harness.foundation_trees import single_node_tree
 
 CLUSTER_JSON = PROJECT_ROOT / "platform" / "cluster.json.mustache"
 INSTALL_PREFIX = "/opt/inference-agent"

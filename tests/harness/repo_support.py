@@ -1,5 +1,5 @@
 """Shared pieces of the model_repo tests: `minio` on PATH (a real MinIO where one is
-installed, else the test double in tests/minio_double/), repository trees, an operator's
+installed, else the test double in tests/harness/minio_double/), repository trees, an operator's
 boto3 client, and ONNX models to push."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ EXPECTED = {"predictions": [2.5, 3.0, 4.5]}
 
 @functools.cache
 def _jpeg() -> bytes:
-    from tests.serving_support import jpeg_bytes
+    from tests.harness.serving_support import jpeg_bytes
 
     return jpeg_bytes(32, 24)
 

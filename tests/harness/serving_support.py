@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.serving.builtin_models import install_builtin
-from tests.conftest import allocate_loopback_ip
-from tests.node import http, wait_for
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.node import http, wait_for
 
 
 @functools.cache
