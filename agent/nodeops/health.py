@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
+
 from agent import log
 from agent.clients.model_server import model_state
 from agent.modelstore.repo_node import HEALTH_PATH, minio_address, minio_live, runs_minio
