@@ -16,6 +16,8 @@ from aiohttp import web
 from agent import limits, log
 from agent.console import ConsoleContext, start_console
 from agent.console.guard import server_ssl_context
+from agent.console.sampler import Sampler as ChartSampler
+from agent.console.timeline import Timeline
 from agent.files import remove_stale_staging
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
@@ -24,7 +26,7 @@ from agent.modelstore import ModelSyncer, store_config_for
 from agent.modelstore.repo_node import RepoSeeder
 from agent.nodeops.control import create_control_app, start_control
 from agent.nodeops.lifecycle import Lifecycle
-from agent.nodeops.monitor import Sampler
+from agent.nodeops.monitor import Sampler as MonitorSampler
 from agent.nodeops.selfcmd import CommandRunner
 from agent.nodeops.view import NodeView, metadata_problem
 from agent.paths import Paths
@@ -77,11 +79,14 @@ class Agent:
         self.lifecycle = Lifecycle.build(self.view, manager)
         self.supervisor = self.lifecycle.processes
         self.reconciler = Reconciler(paths, self.status, self.metrics, self.supervisor)
-        self.sampler = Sampler(self.view)
+        self.monitor_sampler = MonitorSampler(self.view)
         self.repo = RepoSeeder(paths)
         self.commands = CommandRunner(paths.logs, paths.state, self.metrics)
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
+        # The console's live charts: sampled only for a console.
+        self.timeline = Timeline()
+        self.chart_sampler = ChartSampler(self.timeline, self.status_dict, self._envoy_admin_url, self._chart_interval)
         self._latest: Snapshot | None = None
         # Every snapshot handed to the apply loop gets the next number; `_attempt` is the
         # number of the last one the apply loop took (applied or refused), `_attempt_ok`
@@ -113,7 +118,7 @@ class Agent:
         structlog.contextvars.bind_contextvars(data_dir=str(self.paths.data_dir))
         self.paths.ensure()
         remove_stale_staging([self.paths.envoy_conf, self.paths.envoy_dynamic, self.paths.serving_conf])
-        self._control = await start_control(create_control_app(self.view, self.lifecycle, self.sampler),
+        self._control = await start_control(create_control_app(self.view, self.lifecycle, self.monitor_sampler),
                                             self.paths.control_socket)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -124,10 +129,12 @@ class Agent:
                 tg.create_task(self.commands.run(), name="commands")
                 tg.create_task(self._rotate_logs(), name="log-rotation")
                 tg.create_task(self.lifecycle.drift.run(), name="envoy-drift")
-                tg.create_task(self.sampler.run(), name="monitor-sampler")
+                tg.create_task(self.monitor_sampler.run(), name="monitor-sampler")
                 interval = watchdog_interval()
                 if interval:
                     tg.create_task(keep_watchdog(interval, _loop_alive), name="systemd-watchdog")
+                if self._console_enabled:
+                    tg.create_task(self.chart_sampler.run(), name="timeline")
         finally:
             await asyncio.shield(self._shutdown())
 
@@ -249,7 +256,7 @@ class Agent:
                 self._saved_tree = snap.tree
             # Only serving nodes keep local copies; the model_repo node holds the store itself.
             serving = state.me.role is Role.MODEL_SERVING
-            self.syncer.update(store_config_for(state) if serving else None, state.params.model_name,
+            self.syncer.update(store_config_for(state) if serving else None, state.params.model_names,
                                state.params.model_sync_interval)
             self.repo.update(state)
             self.commands.submit(state.cmd)
@@ -261,6 +268,14 @@ class Agent:
                 self._console_tls = tls
                 await self._start_console(state)
 
+    def _envoy_admin_url(self) -> str | None:
+        state = self.reconciler.state
+        return envoy_admin_url(state.me.ip) if state else None
+
+    def _chart_interval(self) -> float:
+        state = self.reconciler.state
+        return state.params.web_charts_interval if state else 5
+
     async def _start_console(self, state: ClusterState) -> None:
         ctx = ConsoleContext(
             paths=self.paths,
@@ -269,6 +284,7 @@ class Agent:
             envoy_admin_url=envoy_admin_url(state.me.ip),
             model_server_url=model_server_url(state.me.ip),
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
+            timeline=self.timeline,
         )
         p = state.params
         try:

@@ -14,6 +14,7 @@ import jsonschema
 from agent import PROJECT_ROOT
 from agent.errors import Problem
 from agent.ports import FIXED_PORTS
+from agent.modelspec import ModelSpec, model_names, parse_models
 
 SCHEMA_FILE = PROJECT_ROOT / "config_schema.json"
 
@@ -25,7 +26,7 @@ _FALSE = {"false", "0", "no", "off", ""}
 class Params:
     """Every parameter in force, typed. Secrets are kept out of repr."""
 
-    model_name: str
+    model_name: str  # the model.name text: one name or a comma-separated list (see `models`)
     model_base_path: str
     http_port: int
     grpc_port: int
@@ -49,6 +50,23 @@ class Params:
     serving_batching_num_batch_threads: int = 1
     serving_batching_allowed_batch_sizes: str = ""
     serving_batching_pad_variable_length_inputs: bool = False
+    web_charts_interval: int = 5
+    tracing_otlp_endpoint: str = ""
+    request_log_sample_rate: float = 0.0
+    request_log_max_bytes: int = 4096
+    model_version_policy: str = "latest"
+    model_version_labels: str = ""
+    model_canary_percent: int = 0
+
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """Every model the cluster serves, in model.name's order, with its policy and labels."""
+        return parse_models(self.model_name, self.model_version_policy, self.model_version_labels)[0]
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The names model.name lists, in order."""
+        return model_names(self.model_name)
 
     @property
     def tls(self) -> bool:
@@ -94,19 +112,6 @@ def parameter_specs() -> list[dict]:
 def reserved_ports() -> dict[int, str]:
     """Ports the API ports may not take, with what holds them."""
     return dict(FIXED_PORTS)
-
-
-def valid_model_name(name: str) -> bool:
-    """True when `name` follows model.name's rule in config_schema.json (a model name
-    becomes a directory name: no '..', no '/')."""
-    return model_name_rule().match(name) is not None
-
-
-@cache
-def model_name_rule() -> re.Pattern[str]:
-    """model.name's pattern in config_schema.json, compiled (the one home of the rule)."""
-    spec = next(s for s in parameter_specs() if s["key"] == "model.name")
-    return re.compile(strict_pattern(spec["pattern"]))
 
 
 def _json_schema(spec: dict) -> dict:
@@ -222,7 +227,7 @@ def _with_accesskey_dirs(env: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _cross_field_problems(p: Params) -> list[Problem]:
-    problems = []
+    problems = list(parse_models(p.model_name, p.model_version_policy, p.model_version_labels)[1])
     reserved = reserved_ports()
     for key, port in (("http.port", p.http_port), ("grpc.port", p.grpc_port)):
         if port in reserved:

@@ -70,6 +70,11 @@ class Paths:
         return self.serving_conf / "models.config"
 
     @property
+    def serving_traffic(self) -> Path:
+        """The built-in server's canary split per model (agent/serving/canary.py)."""
+        return self.serving_conf / "traffic.json"
+
+    @property
     def state(self) -> Path:
         """Agent state that must survive restarts (last good tree, last command id)."""
         return self.data_dir / "state"

@@ -36,6 +36,8 @@ class AgentStatus:
     repo_node: dict[str, Any] | None = None
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_sync: dict[str, Any] = field(default_factory=dict)
+    # The models model.name lists: name, version policy, labels, canary percent.
+    models: list[dict[str, Any]] = field(default_factory=list)
     # Why something this node should run does not (a missing `minio` executable, ...).
     problems: list[str] = field(default_factory=list)
     # The model_repo node's MinIO bucket seeding (agent/modelstore/repo_node.py); empty elsewhere.

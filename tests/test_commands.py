@@ -38,7 +38,7 @@ def test_render_writes_every_file_under_out_and_nothing_else(tmp_path):
     assert written == {
         "conf/envoy/bootstrap.yaml", "conf/envoy/dynamic/lds.yaml", "conf/envoy/dynamic/cds.yaml",
         "conf/envoy/dynamic/eds_serving_rest.yaml", "conf/envoy/dynamic/eds_serving_grpc.yaml",
-        "conf/serving/models.config",
+        "conf/serving/models.config", "conf/serving/traffic.json",
     }
     # The files name the data directory they are meant for, which render leaves alone.
     bootstrap = yaml.safe_load((out / "conf/envoy/bootstrap.yaml").read_text())

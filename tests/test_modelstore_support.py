@@ -92,15 +92,17 @@ class MotoServer:
                 self.kill()
 
 
-def operator_client(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY):
-    """A plain boto3 client, as an operator's script would use."""
+def operator_client(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, crc32: bool = True):
+    """A plain boto3 client, as an operator's script would use. Current boto3 stores a
+    CRC32 with every upload; `crc32=False` uploads as older tools do (an MD5 ETag only)."""
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
+                      request_checksum_calculation="when_supported" if crc32 else "when_required"),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import stat
 import threading
 
@@ -17,6 +18,7 @@ from test_modelstore_support import (  # noqa: F401  (fixtures)
     ServerView,
     moto_server,
     numeric_versions,
+    operator_client,
     random_bytes,
     read_tree,
     s3,
@@ -70,6 +72,31 @@ async def test_noop_sync_is_listing_only(s3, tmp_path):
     assert len(proxy.log) == 1
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
+
+
+async def test_an_unchanged_listing_is_not_parsed_yet_a_version_removed_by_hand_comes_back(s3, tmp_path, monkeypatch):
+    from agent.modelstore import listing
+
+    client, bucket, store = s3
+    upload_version(client, bucket, PREFIX, 1, savedmodel_files(1))
+    upload_version(client, bucket, PREFIX, 2, savedmodel_files(2))
+    assert (await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)).versions_added == [1, 2]
+    parsed = []
+    real_parse = listing._parse
+    monkeypatch.setattr(listing, "_parse", lambda headers, body: parsed.append(1) or real_parse(headers, body))
+    listing._memos.clear()  # as in a new process (the CLI)
+
+    again = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert again.error is None and again.versions_kept == [1, 2] and not again.changed
+    assert parsed == []  # the listing's digest is the one recorded after the last complete sync
+
+    shutil.rmtree(tmp_path / "mnist" / "2")  # behind the sync's back
+    restored = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert restored.error is None and restored.versions_added == [2] and parsed
+    assert read_tree(tmp_path / "mnist" / "2") == savedmodel_files(2)
+
+    upload_version(client, bucket, PREFIX, 3, savedmodel_files(3))  # a new listing is parsed
+    assert (await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)).versions_added == [3]
 
 
 async def test_incremental_sync_adds_only_the_new_version(s3, tmp_path):
@@ -228,17 +255,17 @@ async def test_local_file_deleted_behind_the_syncs_back_is_restored(s3, tmp_path
 async def test_object_replaced_between_listing_and_download_is_not_taken(s3, tmp_path):
     client, bucket, store = s3
     upload_version(client, bucket, PREFIX, 1, {"model.onnx": b"old" * 100})
-    from agent.modelstore.client import client_for
-    from agent.modelstore.download import Counters, FetchError, Fetcher, Span
+    from agent.modelstore.download import Counters, FetchError, Fetcher
     from agent.modelstore.etag import parse_etag
     from agent.modelstore.listing import RemoteObject
+    from agent.modelstore.transport import transport_for
 
     listed = client.head_object(Bucket=bucket, Key=f"{PREFIX}1/model.onnx")
     obj = RemoteObject(f"{PREFIX}1/model.onnx", "model.onnx", 300, parse_etag(listed["ETag"]))
     upload(client, bucket, obj.key, b"new" * 100)  # same size, other bytes
-    fetcher = Fetcher(client_for(store, TEST_OPTIONS), bucket, TEST_OPTIONS, threading.Event(), Counters())
+    fetcher = Fetcher(transport_for(store, TEST_OPTIONS), TEST_OPTIONS, threading.Event(), Counters())
     with pytest.raises(FetchError) as failure:
-        fetcher.fetch_span(obj, tmp_path / "model.onnx", Span(0, 300, [300]), True)
+        fetcher.fetch_whole(obj, tmp_path / "model.onnx")
     assert failure.value.final and "PreconditionFailed" in str(failure.value)
 
 
@@ -270,18 +297,21 @@ async def test_large_object_is_verified_part_by_part_and_resumes_at_the_part_lev
     assert (tmp_path / "mnist" / "1" / "model.onnx").read_bytes() == data
 
 
-async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetches_it_afresh(s3, tmp_path):
-    client, bucket, store = s3
+@pytest.mark.parametrize("crc32,named", [(True, "CRC32 checksum"), (False, "multipart ETag")])
+async def test_a_part_that_arrives_wrong_fails_the_file_and_the_next_sync_fetches_it_afresh(s3, tmp_path, crc32, named):
+    _, bucket, store = s3
+    client = operator_client(store.endpoint_url, crc32=crc32)
     part = 5 * MiB
     data = random_bytes(4 * part, 8)
     upload_version(client, bucket, PREFIX, 1, {"model.onnx": data}, part_size=part)
     two_streams = dataclasses.replace(TEST_OPTIONS, multipart_streams=2, object_attempts=1)
     async with FaultProxyDouble(store.endpoint_url) as proxy:
         via_proxy = dataclasses.replace(store, endpoint_url=proxy.endpoint)
-        # One byte of one range changes in transit: its part's MD5, and so the ETag, differ.
+        # One byte of one range changes in transit: its part's digest, and so the object's
+        # checksum (the store's CRC32, or else its multipart ETag), differ.
         proxy.inject("flip", path_contains="model.onnx", times=1)
         caught = await sync_model(via_proxy, "mnist", tmp_path, options=two_streams)
-        assert caught.error and "does not match multipart ETag" in caught.error
+        assert caught.error and f"does not match its {named}" in caught.error
         assert numeric_versions(tmp_path / "mnist") == []
         assert not (tmp_path / "mnist" / ".staging" / "1" / "model.onnx").exists()  # no part of it is trusted
         proxy.log.clear()
@@ -306,7 +336,11 @@ def test_requests_are_signed_as_botocore_signs_them(kind, endpoint, monkeypatch)
     from agent.modelstore.client import make_client
 
     store = StoreConfig(kind, endpoint, "pek3b", "AKIAEXAMPLE", "secret/key+x", "models", "repo")
-    signer = signing.Signer(make_client(store, TEST_OPTIONS), "models")
+    signer = signing.Signer(store)
+    # The URL layout (endpoint, addressing style) is the one botocore chooses.
+    presigned = make_client(store, TEST_OPTIONS).generate_presigned_url(
+        "get_object", Params={"Bucket": "models", "Key": "k"}, ExpiresIn=60)
+    assert presigned.split("?", 1)[0] == signer.base_url + "k"
     for key, params in (("repo/mnist/1/saved_model.pb", None),
                         ("repo/mnist/1/assets/vocab 词表.txt", None),
                         ("repo/a~b!'()*;:@&=$,?#[]+%.bin", None),

@@ -193,6 +193,8 @@ def test_agent_killed_during_apply_leaves_no_partial_file_and_traffic_flows(node
             continue
         if name.endswith(".yaml"):
             assert yaml.safe_load(content), name
+        elif name.endswith(".json"):
+            assert json.loads(content), name
         else:
             assert parse_models_config(content.decode()), name
     # Envoy and the model server outlive the agent, so traffic keeps flowing ...

@@ -5,12 +5,17 @@ reported (END with the error) while everything else keeps serving."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from agent.serving import versions
 from tests.harness.serving_support import (
     Server,
     copy_builtin,
@@ -239,3 +244,29 @@ def test_version_replaced_in_place_is_reloaded_without_a_gap(models, server_fact
             break
         assert body == {"predictions": [3.0]} and time.monotonic() < deadline
     assert server.states("half_plus_two") == {1: "AVAILABLE"}
+
+
+def test_sigterm_during_a_hung_initial_load_stops_the_server(models, config, node_ip):
+    """A load stuck inside a runtime (here: a model file that is a FIFO nobody writes)
+    must not make the server deaf to its supervisor's SIGTERM."""
+    fifo = models / "stuck" / "1" / "model.onnx"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    write_config(config, [{"name": "stuck", "base_path": fifo.parent.parent}])
+    # Old enough to count as a finished copy, so the initial load (not a later scan) takes it.
+    wait_for(lambda: versions.complete(fifo.parent, time.time()), 30, 0.1, "the version to be complete")
+    server = Server(config, ip=node_ip)
+    log = server.log
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", f"--host={node_ip}",
+                             f"--model_config_file={config}"], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+    try:
+        wait_for(lambda: "loading model version" in log.read_text() or proc.poll() is not None, 30, 0.05,
+                 "the initial load to begin")
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()  # the bound only catches a hang
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stop requested during the initial load" in log.read_text()

@@ -123,6 +123,26 @@ async def envoy_clusters(session: aiohttp.ClientSession, admin_url: str) -> Envo
     return EnvoyView(reachable=True, clusters=clusters)
 
 
+class AnswerTooLarge(ValueError):
+    """Envoy's answer is larger than the caller's bound."""
+
+
+async def fetch_raw(session: aiohttp.ClientSession, admin_url: str, path: str, params: dict[str, str],
+                    max_body: int, timeout: aiohttp.ClientTimeout) -> tuple[int, bytes, str]:
+    """GET an admin path as Envoy answers it: (status, body, content type). The body is
+    read in chunks and refused past `max_body` (AnswerTooLarge); aiohttp's errors,
+    TimeoutError and OSError are the caller's to report."""
+    url = admin_url.rstrip("/") + path
+    async with session.get(url, params=params, timeout=timeout, allow_redirects=False) as resp:
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(256 * 1024):  # read() may stop at any chunk
+            size += len(chunk)
+            if size > max_body:
+                raise AnswerTooLarge(f"Envoy's answer is larger than {max_body} bytes")
+            chunks.append(chunk)
+        return resp.status, b"".join(chunks), resp.content_type
+
+
 class EnvoyAdmin:
     """Client of one Envoy's admin API."""
 

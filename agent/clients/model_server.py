@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from agent import log as agent_log
-from agent.clients.http import describe, get_json
+from agent.clients.http import TIMEOUT, describe, get_json
 from agent.ports import model_server_url
 
 log = agent_log.get(__name__)
@@ -35,6 +35,7 @@ class VersionState:
     error_message: str = ""
     runtime: str = ""  # the built-in server's runtime and precision of a loaded version
     precision: str = ""
+    requests: int = 0  # inference requests it served (built-in server)
 
 
 @dataclass
@@ -46,6 +47,8 @@ class ModelServerView:
     error: str = ""  # why the model server could not be asked, or what it answered instead
     loaded: bool = False  # the server knows the model
     versions: list[VersionState] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)  # version labels (built-in server)
+    canary_percent: int = 0  # unversioned requests sent to the `canary` label
 
 
 async def model_status(session: aiohttp.ClientSession, base_url: str, name: str) -> ModelServerView:
@@ -72,13 +75,16 @@ async def model_status(session: aiohttp.ClientSession, base_url: str, name: str)
                 error_message=str(st.get("error_message", "")),
             )
         )
-    await _add_runtimes(session, base_url, name, versions)
-    return ModelServerView(name=name, reachable=True, loaded=True, versions=versions)
+    view = ModelServerView(name=name, reachable=True, loaded=True, versions=versions)
+    await _add_runtimes(session, base_url, view)
+    return view
 
 
-async def _add_runtimes(session: aiohttp.ClientSession, base_url: str, name: str, versions: list[VersionState]) -> None:
-    """Runtime and precision per loaded version from the built-in server (TF Serving has no such call)."""
-    url = f"{base_url.rstrip('/')}/v1/models/{name}/runtime"
+async def _add_runtimes(session: aiohttp.ClientSession, base_url: str, view: ModelServerView) -> None:
+    """Runtime, precision and requests served per loaded version, the labels and the
+    canary share, from the built-in server (TF Serving has no such call)."""
+    versions = view.versions
+    url = f"{base_url.rstrip('/')}/v1/models/{view.name}/runtime"
     try:
         status, body = await get_json(session, url)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
@@ -91,6 +97,36 @@ async def _add_runtimes(session: aiohttp.ClientSession, base_url: str, name: str
         if found:
             version.runtime = str(found.get("runtime", ""))
             version.precision = str(found.get("precision", ""))
+            version.requests = _int(found.get("requests"))
+    labels = body.get("labels")
+    if isinstance(labels, dict):
+        view.labels = {str(k)[:64]: _int(v) for k, v in list(labels.items())[:64]}
+    view.canary_percent = _int(body.get("canary_percent"))
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's Prometheus path
+
+
+async def metrics_text(session: aiohttp.ClientSession, ip: str, max_bytes: int,
+                       timeout: aiohttp.ClientTimeout = TIMEOUT) -> str | None:
+    """The Prometheus text of the model server on `ip`, or None when it does not answer
+    200 within `timeout` or its answer passes `max_bytes`; aiohttp's errors, TimeoutError
+    and OSError are the caller's to report."""
+    url = f"{model_server_url(ip)}{METRICS_PATH}"
+    async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
+        if resp.status != 200:
+            return None
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                return None
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 async def model_state(ip: str, name: str, timeout: float = 1.0) -> bool | None:

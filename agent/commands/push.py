@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.commands.sync import ProgressBar
     from agent.modelstore.listing import VERSION_RE
     from agent.modelstore.push import PushError, push_to_root, push_to_store
-    from agent.params import valid_model_name
+    from agent.modelspec import valid_model_name
     from agent.paths import default_paths
 
     agent_log.setup(level="warning")

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print("invalid metadata:\n  " + "\n  ".join(map(str, e.problems)), file=sys.stderr)
         return 1
     out = Path(args.out).resolve()
-    plan = make_plan(state, paths, (state.params.model_name,))
+    plan = make_plan(state, paths)
     files = [RenderedFile(out / f.path.relative_to(paths.data_dir), f.content, f.mode) for f in plan.files]
     asyncio.run(replace_files(files))
     for f in files:

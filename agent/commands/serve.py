@@ -63,6 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the network ports always refuse them")
     parser.add_argument("--models_root", type=Path,
                         help="refuse any config whose base_path lies outside this directory")
+    parser.add_argument("--traffic_file", type=Path,
+                        help="JSON {\"canary_percent\": {model: percent}}: the share of unversioned requests sent "
+                             "to each model's `canary` label; reread with the config file")
+    parser.add_argument("--otlp_endpoint", default="",
+                        help="OTLP/gRPC collector host:port for the server's spans (default: no tracing)")
+    parser.add_argument("--request_log_file", type=Path, help="sampled request log (JSON lines); default: none")
+    parser.add_argument("--request_log_sample_rate", type=float, default=0.0,
+                        help="share of requests logged, 0 to 1 (default 0: none)")
+    parser.add_argument("--request_log_max_bytes", type=int, default=4096,
+                        help="bytes kept of each logged input and output (default 4096)")
     parser.add_argument("--log_level", default="info", help="debug, info, warning or error")
 
 
@@ -94,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=args.port,
         rest_port=args.rest_api_port,
         models_config=args.model_config_file.absolute() if args.model_config_file else None,
+        traffic_file=args.traffic_file.absolute() if args.traffic_file else None,
         config_poll_seconds=args.model_config_file_poll_wait_seconds,
         fs_poll_seconds=args.file_system_poll_wait_seconds,
         threads=max(0, args.intra_op_threads),
@@ -107,8 +118,41 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests or limits.MAX_CONCURRENT_REQUESTS,
         admin_socket=args.admin_socket.absolute() if args.admin_socket else None,
         models_root=args.models_root.absolute() if args.models_root else None,
+        otlp_endpoint=args.otlp_endpoint,
+        request_log_file=args.request_log_file.absolute() if args.request_log_file else None,
+        request_log_sample_rate=args.request_log_sample_rate,
+        request_log_max_bytes=args.request_log_max_bytes,
     )
-    return asyncio.run(_serve(options))
+    if not 0.0 <= options.request_log_sample_rate <= 1.0 or options.request_log_max_bytes < 1:
+        agent.log.get(__name__).error("bad request log flags: --request_log_sample_rate must be within 0 and 1, "
+                                      "--request_log_max_bytes at least 1",
+                                      sample_rate=options.request_log_sample_rate, max_bytes=options.request_log_max_bytes)
+        return 2
+    code = asyncio.run(_serve(options))
+    _exit_past_stuck_threads(code)
+    return code
+
+
+def _exit_past_stuck_threads(code: int) -> None:
+    """Exit now if a runtime still holds a worker thread after the server stopped.
+
+    Python joins executor threads at exit; a load or inference stuck inside a runtime
+    would keep a stopped server (and its supervisor's SIGTERM) waiting forever."""
+    import logging
+    import os
+    import sys
+    import threading
+
+    import agent.log
+
+    stuck = sorted(t.name for t in threading.enumerate()
+                   if t.name.startswith(("loading", "inference")) and t.is_alive())
+    if stuck:
+        agent.log.get(__name__).warning("exiting past threads still inside a runtime", threads=stuck)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _flag(text: str, name: str) -> bool:
@@ -133,13 +177,27 @@ async def _serve(options) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = ModelServer(options)
+    # The initial load can take long (or hang inside a runtime): a stop request must
+    # not wait for it.
+    starting = asyncio.create_task(server.start(), name="start")
+    stopping = asyncio.create_task(stop.wait(), name="wait-for-stop")
+    code = 0
     try:
-        await server.start()
-    except OSError as e:
-        log.error("model server cannot start", error=str(e), host=options.host)
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            try:
+                starting.result()
+            except OSError as e:
+                log.error("model server cannot start", error=str(e), host=options.host)
+                code = 1
+            else:
+                await stopping
+        else:
+            log.info("stop requested during the initial load")
+    finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+        log.info("stopping model server")
         await server.stop()
-        return 1
-    await stop.wait()
-    log.info("stopping model server")
-    await server.stop()
-    return 0
+    return code

@@ -1,4 +1,4 @@
-"""`inference-agent sync`: sync the configured model from the model store once.
+"""`inference-agent sync`: sync the configured models from the model store once.
 
 On a terminal it draws a progress bar on stderr and prints a short summary; otherwise it
 prints the result as one JSON object on stdout. Exit 0 when the local model matches the
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `inference-agent sync`."""
     parser.add_argument("--metadata", required=True, help="YAML/JSON file holding the /self tree")
     parser.add_argument("--data-dir", default=None, help="node data directory (default /data); models go to <data-dir>/models")
-    parser.add_argument("--model", default=None, help="model to sync instead of model.name")
+    parser.add_argument("--model", default=None, help="model to sync instead of model.name's models")
     parser.add_argument("--json", action="store_true", help="print the JSON summary even on a terminal")
 
 
@@ -45,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e), 2)
     except InvalidMetadata as e:
         return _fail("invalid metadata: " + "; ".join(str(p) for p in e.problems), 2)
+    if args.model is None and len(state.params.model_names) > 1:
+        # Several models: one sync each, in model.name's order; the worst exit code.
+        return max([run(argparse.Namespace(**{**vars(args), "model": m})) for m in state.params.model_names])
     store = store_config_for(state)
-    model = args.model or state.params.model_name
+    model = args.model or state.params.model_names[0]
     interactive = sys.stdout.isatty() and not args.json
     if store is None:
         message = "s3.type is none: models live on local disk, nothing to sync"

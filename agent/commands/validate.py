@@ -28,7 +28,7 @@ async def _check_with_envoy(tree: dict) -> None:
         paths = Paths(Path(tmp))
         paths.ensure()
         state = parse_cluster_state(tree)
-        plan = make_plan(state, paths, (state.params.model_name,))
+        plan = make_plan(state, paths)
         await check_staged([stage(f) for f in plan.files], paths.envoy_dynamic)
 
 

@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from agent import log as agent_log
-from agent.console import cluster, logs, models
+from agent.console import charts, cluster, envoy_views, logs, models
 from agent import limits
 from agent.console.auth import challenge, credentials_ok
 from agent.console.context import ConsoleContext
@@ -131,6 +131,8 @@ def create_app(ctx: ConsoleContext, hosts: frozenset[str] | None = None) -> web.
     cluster.setup(app)
     logs.setup(app)
     models.setup(app)
+    envoy_views.setup(app)
+    charts.setup(app)
     app.router.add_get("/metrics", _metrics)
     app.router.add_static("/static/", STATIC, follow_symlinks=False, show_index=False)
     return app

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from agent.metrics import Metrics
 from agent.paths import Paths
+from agent.console.timeline import Timeline
 
 
 @dataclass
@@ -19,3 +20,4 @@ class ConsoleContext:
     envoy_admin_url: str  # loopback admin API, e.g. http://127.0.0.1:8001
     model_server_url: str  # REST base, e.g. http://<node ip>:8501
     password: Callable[[], str]  # web.password in force; "" = console open
+    timeline: Timeline | None = None  # the live charts' samples and events; None: no charts

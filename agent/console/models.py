@@ -31,6 +31,9 @@ class VersionRow:
     runtime: str = ""  # e.g. openvino, onnxruntime; "" when not loaded (or TF Serving)
     precision: str = ""  # fp32, bf16, fp16
     serving: bool = False  # requests without a version go here
+    labels: list[str] = field(default_factory=list)  # version labels pointing here
+    share: int | None = None  # percent of unversioned requests it takes (canary split)
+    requests: int = 0  # inference requests it served since the model server started
 
 
 @dataclass
@@ -38,25 +41,41 @@ class ModelRow:
     """One model by name."""
 
     name: str
-    configured: bool  # this is model.name, the model the cluster serves
+    configured: bool  # model.name lists it: the cluster serves it
     server: ModelServerView
     versions: list[VersionRow] = field(default_factory=list)
+    policy: str = ""  # its version policy (model.version.policy), when configured
 
 
 def _serving_version(view: ModelServerView) -> str:
-    """TF Serving answers unversioned requests with the highest AVAILABLE version."""
+    """TF Serving answers unversioned requests with the highest AVAILABLE version; with a
+    `canary` label, `stable` (or the newest other version) takes what the canary does not."""
     available = [v.version for v in view.versions if v.state == "AVAILABLE" and v.version.isdigit()]
+    canary = view.labels.get("canary")
+    if canary is not None:
+        stable = str(view.labels["stable"]) if "stable" in view.labels else None
+        if stable in available:
+            return stable
+        available = [v for v in available if v != str(canary)] or available
     return max(available, key=int) if available else ""
+
+
+def _configured(status: dict) -> dict[str, dict]:
+    """The models model.name lists, by name, with their policy and labels."""
+    listed = status.get("models")
+    if isinstance(listed, list):
+        return {str(m.get("name")): m for m in listed if isinstance(m, dict)}
+    names = str((status.get("params") or {}).get("model.name", ""))
+    return {n.strip(): {"name": n.strip()} for n in names.split(",") if n.strip()}
 
 
 async def model_rows(app: web.Application) -> list[ModelRow]:
     """Every model on disk (and the configured one), each version with its state."""
     ctx = app[CTX]
     disk = await blocking(app, scan_models, ctx.paths.models)
-    configured = str((safe_status(ctx).get("params") or {}).get("model.name", ""))
+    configured = _configured(safe_status(ctx))
     names = [m.name for m in disk]
-    if configured and configured not in names:
-        names.insert(0, configured)
+    names = [n for n in configured if n not in names] + names
     asked = names[:MAX_MODELS_ASKED]
     views = await asyncio.gather(*(model_status(app[SESSION], ctx.model_server_url, n) for n in asked))
     by_name = dict(zip(asked, views))
@@ -73,9 +92,16 @@ async def model_rows(app: web.Application) -> list[ModelRow]:
             row.state = s.state
             row.error = "" if s.error_code in ("OK", "0", "") else f"{s.error_code}: {s.error_message}"
             row.serving = s.version == serving
-            row.runtime, row.precision = s.runtime, s.precision
+            row.runtime, row.precision, row.requests = s.runtime, s.precision, s.requests
+        for label, number in sorted(view.labels.items()):
+            versions.setdefault(str(number), VersionRow(version=str(number), on_disk=False)).labels.append(label)
+        canary = view.labels.get("canary")
+        if canary is not None and view.canary_percent and str(canary) in versions and serving:
+            versions[str(canary)].share = view.canary_percent
+            versions[serving].share = 100 - view.canary_percent
         ordered = sorted(versions.values(), key=lambda r: int(r.version) if r.version.isdigit() else -1, reverse=True)
-        rows.append(ModelRow(name=name, configured=name == configured, server=view, versions=ordered))
+        policy = str(configured.get(name, {}).get("policy", ""))
+        rows.append(ModelRow(name=name, configured=name in configured, server=view, versions=ordered, policy=policy))
     rows.sort(key=lambda r: (not r.configured, r.name))
     return rows
 

@@ -1,7 +1,7 @@
 """Model store sync: the model's versions in MinIO or S3-compatible object storage,
 mirrored onto local disk atomically, version by version.
 
-Public interface (imports stay light: boto3 loads with the first sync):
+Public interface (imports stay light: boto3 loads only to upload, for a push or the seed):
     StoreConfig, store_config_for   - where the store is (config)
     sync_model, SyncResult          - one sync of one model (sync)
     ModelSyncer                     - the agent's periodic sync loop (syncer)
@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 from agent.modelstore.config import StoreConfig, SyncOptions, store_config_for
 
 if TYPE_CHECKING:
-    from agent.modelstore.client import StoreError
+    from agent.modelstore.errors import StoreError
     from agent.modelstore.seed import seed_bucket
-    from agent.modelstore.sync import SyncProgress, SyncResult, sync_model
+    from agent.modelstore.progress import Progress
+    from agent.modelstore.sync import SyncResult, sync_model
     from agent.modelstore.syncer import ModelSyncer
 
 _LAZY = {
-    "StoreError": "agent.modelstore.client",
+    "StoreError": "agent.modelstore.errors",
     "seed_bucket": "agent.modelstore.seed",
-    "SyncProgress": "agent.modelstore.sync",
+    "Progress": "agent.modelstore.progress",
     "SyncResult": "agent.modelstore.sync",
     "sync_model": "agent.modelstore.sync",
     "ModelSyncer": "agent.modelstore.syncer",

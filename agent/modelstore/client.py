@@ -1,4 +1,5 @@
-"""boto3 clients for a model store, and errors that name the endpoint and bucket.
+"""boto3 clients for a model store, for what uploads (`models push`, the seed); the sync
+itself talks to the store through transport.py, without boto3.
 
 Credentials go straight from StoreConfig into the client; nothing here writes them
 anywhere or puts them in a message.
@@ -11,33 +12,13 @@ from collections import OrderedDict
 from typing import Any
 
 import boto3
-import botocore.exceptions as bexc
 from botocore.config import Config
 
 from agent.modelstore.config import StoreConfig, SyncOptions
 
-_DENIED = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "AuthorizationHeaderMalformed",
-    "403",
-}
-# Codes after which retrying the same request cannot help within one sync.
-FINAL_CODES = _DENIED | {
-    "NoSuchBucket", "NoSuchKey", "404", "PreconditionFailed", "412", "InvalidRange", "416",
-    "InvalidArgument", "InvalidRequest", "NotImplemented", "400", "501",
-}
-
 _cache: OrderedDict[tuple[StoreConfig, SyncOptions], Any] = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 4
-
-
-class StoreError(Exception):
-    """A model store operation failed; the message names endpoint and bucket, never a key."""
 
 
 def make_client(store: StoreConfig, options: SyncOptions) -> Any:
@@ -80,48 +61,3 @@ def client_for(store: StoreConfig, options: SyncOptions) -> Any:
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return client
-
-
-def error_code(exc: BaseException) -> str:
-    """The S3 error code of a ClientError (or its HTTP status), else ''."""
-    if isinstance(exc, bexc.ClientError):
-        err = exc.response.get("Error", {})
-        return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    return ""
-
-
-def is_final(exc: BaseException) -> bool:
-    """True when an error will not go away by retrying within this sync."""
-    return error_code(exc) in FINAL_CODES
-
-
-def describe(exc: BaseException, store: StoreConfig, what: str) -> str:
-    """A one-line explanation of `exc` naming the endpoint and bucket (no secrets)."""
-    where = f"bucket {store.bucket!r} at {store.endpoint_url}"
-    code = error_code(exc)
-    if code in _DENIED:
-        text = (
-            f"{what}: access denied ({code}) by {where}; "
-            "check s3.access.key and s3.secret.key and the bucket's policy"
-        )
-    elif code in ("NoSuchBucket",):
-        text = f"{what}: {where}: the bucket does not exist"
-    elif isinstance(exc, bexc.ClientError):
-        message = exc.response.get("Error", {}).get("Message", "")
-        text = f"{what}: {where} answered {code}{': ' + message if message else ''}"
-    elif isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectTimeoutError)):
-        text = f"{what}: cannot connect to {store.endpoint_url} ({where})"
-    elif isinstance(exc, bexc.BotoCoreError):
-        text = f"{what}: {where}: {exc}"
-    else:
-        text = f"{what}: {where}: {type(exc).__name__}: {exc}"
-    return scrub(text, store)
-
-
-def scrub(text: str, store: StoreConfig) -> str:
-    """`text` with the keys masked, in case an underlying library echoed them (a presigned
-    URL in a connection error carries the access key id)."""
-    for key in (store.secret_key, store.access_key):
-        if len(key) >= 8 and key in text:
-            text = text.replace(key, "***")
-    return text

@@ -1,9 +1,10 @@
 """Fetching objects into staging files, verified while the bytes stream in.
 
-Everything here blocks (boto3, file I/O, MD5) and runs in the sync's thread pool.
+Everything here blocks (HTTP, file I/O, hashing) and runs in the sync's thread pool.
 A single-part object is one GET hashed as it streams. A multipart object is cut on its
 part boundaries (learnt from one HEAD ?partNumber=1) into ranges fetched in parallel
 into a preallocated file, each range hashing its own parts, so no byte is read twice.
+What the bytes are checked against (the store's CRC32, else the MD5 ETag) is in checksum.py.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import botocore.exceptions as bexc
 import urllib3.exceptions
 
-from agent.modelstore.client import error_code, is_final
+from agent.modelstore.checksum import MD5, Checksum, PartHasher, file_digests, from_headers
 from agent.modelstore.config import SyncOptions
-from agent.modelstore.etag import PartHasher, combine_part_digests, md5_file_parts, uniform_cuts
+from agent.modelstore.errors import S3Error, error_code, is_final, s3_error, unreachable
+from agent.modelstore.etag import uniform_cuts
 from agent.modelstore.layout import start_writeback
 from agent.modelstore.listing import RemoteObject
-from agent.modelstore.signing import client_error, send_get
+from agent.modelstore.transport import Transport
+
+# Asks the store for the object's additional checksums (signed: S3 refuses unsigned x-amz-*).
+_CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
 
 # Dirty bytes handed to the disk while a file still streams in.
 _WRITEBACK_STEP = 8 << 20
@@ -86,48 +90,52 @@ class Span:
 
 
 _RETRYABLE = (
-    bexc.ResponseStreamingError,
-    bexc.IncompleteReadError,
-    bexc.ReadTimeoutError,
-    bexc.ConnectTimeoutError,
-    bexc.ConnectionClosedError,
-    bexc.EndpointConnectionError,
-    bexc.ClientError,
+    S3Error,  # unless final (see _attempts)
     ConnectionError,
     TimeoutError,
-    urllib3.exceptions.HTTPError,  # a body cut short or reset while streaming
+    urllib3.exceptions.HTTPError,  # refused, reset, timed out, or a body cut short
     http.client.HTTPException,  # the same, seen by the socket reader underneath
     VerifyError,
 )
 
 
-# After every attempt, these mean the endpoint is not answering at all.
-_UNREACHABLE = (bexc.EndpointConnectionError, bexc.ConnectTimeoutError)
+@dataclass(frozen=True)
+class ObjectPlan:
+    """How a large object is fetched: `cuts`, its part sizes (None when the store will not
+    tell), and `checksum`, what its bytes must hash to (None: nothing to check but sizes)."""
+
+    cuts: list[int] | None
+    checksum: Checksum | None
 
 
 class Fetcher:
     """Downloads objects of one bucket for one sync."""
 
-    def __init__(self, client: Any, bucket: str, options: SyncOptions, stop: threading.Event, counters: Counters):
-        self.client = client
-        self.bucket = bucket
+    def __init__(self, transport: Transport, options: SyncOptions, stop: threading.Event, counters: Counters):
+        self.transport = transport
         self.options = options
         self.stop = stop
         self.counters = counters
 
     # ---- planning -------------------------------------------------------
 
-    def part_cuts(self, obj: RemoteObject) -> list[int] | None:
+    def plan(self, obj: RemoteObject) -> ObjectPlan:
+        """Part sizes and checksum of a multipart object (two HEADs)."""
+        head = self._attempts(obj, lambda: self._head(obj, None, _CHECKSUM_MODE))
+        if head.get("etag", "").strip('"').lower() != obj.etag.raw:
+            raise FetchError(f"{obj.key}: PreconditionFailed: the object changed since it was listed", final=True)
+        checksum = from_headers(head, obj.etag.parts) or (None if _encrypted(head) else obj.etag.checksum())
+        return ObjectPlan(self._part_cuts(obj), checksum)
+
+    def _part_cuts(self, obj: RemoteObject) -> list[int] | None:
         """Sizes of the parts `obj` was uploaded in; None when the store will not tell."""
         etag = obj.etag
-        if not etag.multipart:
-            return [obj.size]
         # No If-Match here: some stores compare it with the part's ETag. The GETs carry it.
-        head = self._retrying(obj, lambda: self.client.head_object(Bucket=self.bucket, Key=obj.key, PartNumber=1))
+        head = self._retrying(obj, lambda: self._head(obj, "1"))
         if head is None:
             return None
-        part = int(head.get("ContentLength") or 0)
-        count = int(head.get("PartsCount") or etag.parts)
+        part = int(head.get("content-length") or 0)
+        count = int(head.get("x-amz-mp-parts-count") or etag.parts)
         if part <= 0 or count != etag.parts:
             return None
         cuts = uniform_cuts(obj.size, part)
@@ -139,11 +147,20 @@ class Fetcher:
         """Part sizes asked one by one (uploads whose parts are not uniform)."""
         cuts = []
         for n in range(1, obj.etag.parts + 1):
-            head = self._retrying(obj, lambda n=n: self.client.head_object(Bucket=self.bucket, Key=obj.key, PartNumber=n))
-            if head is None or not head.get("ContentLength"):
+            head = self._retrying(obj, lambda n=n: self._head(obj, str(n)))
+            if head is None or not head.get("content-length"):
                 return None
-            cuts.append(int(head["ContentLength"]))
+            cuts.append(int(head["content-length"]))
         return cuts if sum(cuts) == obj.size else None
+
+    def _head(self, obj: RemoteObject, part: str | None, amz: dict[str, str] | None = None) -> dict[str, str]:
+        """The headers of a HEAD of `obj` (of one part with `part`)."""
+        answer = self.transport.request(obj.key, {"partNumber": part} if part else None, method="HEAD",
+                                        amz_headers=amz)
+        answer.body.release_conn()
+        if answer.status != 200:
+            raise s3_error(answer.status, b"", "HeadObject")
+        return answer.headers
 
     def _retrying(self, obj: RemoteObject, call: Any) -> Any:
         """`call()` with this module's retries; None when the store rejects part numbers."""
@@ -170,19 +187,20 @@ class Fetcher:
         finally:
             os.close(fd)
 
-    def fetch_span(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool) -> list[bytes]:
-        """GET one span into `dest` with retries; returns the MD5 of each part it covers.
+    def fetch_whole(self, obj: RemoteObject, dest: Path, plan: ObjectPlan | None = None) -> None:
+        """GET `obj` in one request into a new `dest`, verified against the CRC32 the store
+        sends with it, else its ETag (retried as a whole). Files are not fsynced one by
+        one: the whole version is flushed once before it goes live."""
+        checked = self._attempts(obj, lambda: self._get_whole(obj, dest))
+        if not checked and obj.etag.multipart:  # no part sizes, no CRC32: try the usual part sizes
+            self.finish_multipart(obj, dest, plan)
 
-        With `whole_file` the file is (re)created; otherwise it was prepared. Files are not
-        fsynced one by one: the whole version is flushed once before it goes live.
-        """
-        return self._attempts(obj, lambda: self._get(obj, dest, span, whole_file))
-
-    def fetch_parts(self, obj: RemoteObject, dest: Path, start: int, first: int, cuts: list[int],
+    def fetch_parts(self, obj: RemoteObject, dest: Path, start: int, first: int, cuts: list[int], algorithm: str,
                     on_part: Callable[[int, bytes], None]) -> list[bytes]:
         """GET the consecutive parts `first`, `first + 1`, ... (sizes `cuts`, the first at
-        byte `start`) into the prepared `dest`. Each part is hashed as it lands and handed
-        to `on_part(index, md5)` once written; a retry resumes at the first part not done."""
+        byte `start`) into the prepared `dest`. Each part is hashed by `algorithm` as it lands
+        and handed to `on_part(index, digest)` once written; a retry resumes at the first
+        part not done."""
         done: list[bytes] = []
 
         def landed(digest: bytes) -> None:
@@ -193,7 +211,8 @@ class Fetcher:
             offset = start + sum(cuts[: len(done)])
             rest = cuts[len(done):]
             if rest:
-                self._get(obj, dest, Span(offset, offset + sum(rest), rest), False, landed)
+                self._get(obj, dest, Span(offset, offset + sum(rest), rest), False, lambda _h: (rest, algorithm),
+                          landed)
             return done
 
         return self._attempts(obj, attempt)
@@ -231,17 +250,40 @@ class Fetcher:
             except Cancelled:
                 raise
             except _RETRYABLE as e:
-                final = isinstance(e, bexc.ClientError) and is_final(e)
+                final = is_final(e)
                 if final or attempt == attempts:
-                    raise FetchError(f"{obj.key}: {_short(e)}", final=final, unreachable=isinstance(e, _UNREACHABLE)) from e
+                    raise FetchError(f"{obj.key}: {_short(e)}", final=final, unreachable=unreachable(e)) from e
                 time.sleep(min(2.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
             except OSError as e:
                 raise FetchError(f"{obj.key}: cannot write {dest_hint(e)}: {e.strerror or e}") from e
         raise AssertionError("unreachable")
 
+    def _get_whole(self, obj: RemoteObject, dest: Path) -> bool:
+        """One GET of the whole of `obj`; True when its bytes were checked against a checksum."""
+        chosen: list[Checksum] = []
+
+        def pick(headers: dict[str, str]) -> tuple[list[int], str] | None:
+            checksum = from_headers(headers, obj.etag.parts)
+            if checksum is None and not obj.etag.multipart and not _encrypted(headers):
+                checksum = obj.etag.checksum()
+            if checksum is None or checksum.parts > 1:  # the part sizes are unknown here
+                return None
+            chosen.append(checksum)
+            return [obj.size], checksum.algorithm
+
+        digests = self._get(obj, dest, Span(0, obj.size, None), True, pick)
+        if not chosen:
+            return False
+        if not chosen[0].matches(digests, [obj.size]):
+            raise VerifyError(f"the bytes do not match the object's {chosen[0].describe()} {chosen[0].value}")
+        return True
+
     def _get(self, obj: RemoteObject, dest: Path, span: Span, whole_file: bool,
+             pick: Callable[[dict[str, str]], tuple[list[int] | None, str] | None],
              landed: Callable[[bytes], None] | None = None) -> list[bytes]:
-        """One GET of `span`; `landed(md5)` is called for each part once its bytes are written."""
+        """One GET of `span`. `pick(response headers)` gives the part sizes and algorithm
+        to hash by (None: no hashing); `landed(digest)` is called for each part once its
+        bytes are written."""
         length = span.end - span.start
         headers = {}
         if obj.etag.raw:
@@ -254,15 +296,19 @@ class Fetcher:
         else:
             fd = os.open(dest, os.O_WRONLY)
         received = kept = reported = 0
+        hashing: tuple[list[int] | None, str] | None
         try:
             if length == 0:
-                hasher = PartHasher(span.cuts or [0])
+                hashing = pick({})
+                hasher = PartHasher([0], hashing[1]) if hashing else None
             else:
-                resp_headers, body = self._open(obj.key, headers)
+                resp_headers, body = self._open(obj.key, headers, _CHECKSUM_MODE if whole_file else None)
                 try:
                     if int(resp_headers.get("content-length", -1)) != length:
                         raise VerifyError(f"expected {length} bytes, the store sends {resp_headers.get('content-length')}")
-                    hasher = PartHasher(span.cuts) if span.cuts is not None and not _encrypted(resp_headers) else None
+                    hashing = pick(resp_headers)
+                    cuts = hashing[0] if hashing else None
+                    hasher = PartHasher(cuts, hashing[1]) if hashing and cuts is not None else None
                     offset = written_back = span.start
                     buf = memoryview(bytearray(min(self.options.chunk_size, length)))
                     readinto = _reader(body)
@@ -281,7 +327,7 @@ class Fetcher:
                         self.counters.add_bytes(n)
                         if landed is not None and hasher is not None and len(hasher.digests) > reported:
                             for digest in hasher.digests[reported:]:
-                                kept += span.cuts[reported]  # type: ignore[index]
+                                kept += cuts[reported]  # type: ignore[index]
                                 reported += 1
                                 landed(digest)
                         if offset - written_back >= _WRITEBACK_STEP:
@@ -296,9 +342,6 @@ class Fetcher:
             if landed is not None:
                 for digest in digests[reported:]:
                     landed(digest)
-            if whole_file and obj.etag.verifiable and not obj.etag.multipart and hasher is not None:
-                if digests[0].hex() != obj.etag.digest:
-                    raise VerifyError(f"MD5 {digests[0].hex()} does not match ETag {obj.etag.raw}")
             return digests
         except BaseException:
             if received > kept:
@@ -307,50 +350,49 @@ class Fetcher:
         finally:
             os.close(fd)
 
-    def _open(self, key: str, headers: dict[str, str]) -> tuple[Any, Any]:
-        """Send a GET; returns (lower-case headers, streaming urllib3 body) of a 200/206.
-
-        The request is signed like the client's own (its endpoint, addressing style and
-        credentials; see signing.py) and sent through its connection pool: the same
-        request get_object would make, at a fraction of the CPU, which decides
-        small-file throughput.
-        """
-        status, resp_headers, raw = send_get(self.client, self.bucket, key, headers=headers)
+    def _open(self, key: str, headers: dict[str, str], amz: dict[str, str] | None) -> tuple[Any, Any]:
+        """Send a GET; returns (lower-case headers, streaming urllib3 body) of a 200/206."""
+        answer = self.transport.request(key, headers=headers, amz_headers=amz)
+        status, raw = answer.status, answer.body
         if status in (200, 206):
-            return resp_headers, raw
+            return answer.headers, raw
         try:
             body = raw.read(64 << 10) if status not in (304,) else b""
         finally:
             raw.close()
         if status in (304, 412):
-            raise client_error(status, b"<Code>PreconditionFailed</Code>", "GetObject")
-        raise client_error(status, body, "GetObject")
+            raise s3_error(status, b"<Code>PreconditionFailed</Code>", "GetObject")
+        raise s3_error(status, body, "GetObject")
 
-    def finish_multipart(self, obj: RemoteObject, dest: Path, digests: list[bytes] | None) -> None:
-        """Check a multipart object assembled from spans against its ETag.
+    def finish_multipart(self, obj: RemoteObject, dest: Path, plan: ObjectPlan | None,
+                         digests: list[bytes] | None = None) -> None:
+        """Check a multipart object assembled from spans against its checksum.
 
-        `digests` is None when the part sizes were unknown while downloading; then the
-        usual part sizes are tried against the file on disk.
+        Without `plan` (or its cuts) the part sizes were unknown while downloading; then
+        the usual part sizes are tried against the file on disk and its MD5 ETag.
         """
-        if obj.etag.verifiable:
-            if digests is None or combine_part_digests(digests) != obj.etag.raw:
-                if not self._verify_from_disk(obj, dest):
-                    raise FetchError(f"{obj.key}: content does not match multipart ETag {obj.etag.raw}")
+        checksum = plan.checksum if plan is not None else obj.etag.checksum()
+        if checksum is None:
+            return  # nothing but sizes to check (an encrypted object without a CRC32)
+        if plan is not None and plan.cuts and digests is not None and checksum.matches(digests, plan.cuts):
+            return
+        # Perhaps the parts were not of the uniform size guessed from the first one (some
+        # tools upload uneven parts): hash the file again with the store's exact sizes.
+        if self._verify_from_disk(obj, dest, checksum):
+            return
+        raise FetchError(f"{obj.key}: content does not match its {checksum.describe()} {checksum.value}")
 
-    def _verify_from_disk(self, obj: RemoteObject, dest: Path) -> bool:
+    def _verify_from_disk(self, obj: RemoteObject, dest: Path, checksum: Checksum) -> bool:
         """Re-hash the file with exact part sizes from the store, or with common sizes."""
         candidates: list[list[int]] = []
         exact = self._each_part(obj) if obj.etag.parts <= 10000 else None
         if exact:
             candidates.append(exact)
-        for mib in _COMMON_PART_MIB:
+        for mib in _COMMON_PART_MIB if checksum.algorithm == MD5 else ():
             cuts = uniform_cuts(obj.size, mib << 20)
             if len(cuts) == obj.etag.parts and cuts not in candidates:
                 candidates.append(cuts)
-        for cuts in candidates:
-            if combine_part_digests(md5_file_parts(str(dest), cuts)) == obj.etag.raw:
-                return True
-        return False
+        return any(checksum.matches(file_digests(str(dest), cuts, checksum.algorithm), cuts) for cuts in candidates)
 
 
 def _reader(body: Any) -> Any:
@@ -381,9 +423,8 @@ def _encrypted(headers: dict[str, str]) -> bool:
 
 def _short(e: BaseException) -> str:
     """A one-line description; presigned query strings (signature, key id) are cut off."""
-    if isinstance(e, bexc.ClientError):
-        err = e.response.get("Error", {})
-        return f"{err.get('Code', '')} {err.get('Message', '')}".strip()
+    if isinstance(e, S3Error):
+        return f"{e.code} {e.message}".strip()
     return _QUERY.sub("?...", f"{type(e).__name__}: {e}")
 
 

@@ -2,16 +2,26 @@
 
 One listing of the model's prefix, page after page: a model of fewer than 1,000 files
 costs one request, and no more requests are made than the keys need (a listing per
-version would add one per version, and a delimited listing one more).
+version would add one per version, and a delimited listing one more). The next page is
+asked for as soon as a page's continuation token is seen, while the page is parsed.
+A page byte for byte the same as last time is not parsed again, and a listing the same
+as last time gives last time's RemoteModel; a listing whose digest is the one the caller
+recorded after its last complete sync is not parsed at all (`RemoteModel.unchanged`).
+A sync of an unchanged model costs its requests and little else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import http.client
+import threading
 import random
+import re
 import time
-from concurrent.futures import Executor
+from collections import OrderedDict
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -19,13 +29,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
-import botocore.exceptions as bexc
 import urllib3.exceptions
 
 from agent import log as agent_log
+from agent.modelstore.errors import S3Error, s3_error
 from agent.modelstore.etag import ETag, parse_etag
+from agent.modelstore.transport import Transport
 from agent.serving.versions import VERSION_RULE
-from agent.modelstore.signing import client_error, send_get
 
 log = agent_log.get(__name__)
 
@@ -60,6 +70,10 @@ class RemoteModel:
     objects_listed: int = 0
     # The store's clock when it was listed (its Date header), to judge how fresh objects are.
     server_time: float = 0.0
+    # SHA-1 (hex) of the listing's pages, byte for byte.
+    digest: str = ""
+    # True when the digest is the one the caller knew: nothing above was parsed.
+    unchanged: bool = False
 
 
 def safe_relpath(rel: str) -> str | None:
@@ -90,8 +104,10 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_PAGE_BYTES = 16 << 20
 MAX_PAGES = 1000
 _RETRY_STATUS = {500, 502, 503, 504, 429}
-_RETRYABLE = (bexc.HTTPClientError, bexc.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException,
-              ConnectionError, TimeoutError)
+_RETRYABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
+# The continuation token, found without parsing the page (the parse must agree).
+_TOKEN = re.compile(rb"<NextContinuationToken>([^<]{1,4096})</NextContinuationToken>")
+_TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>", re.IGNORECASE)
 
 
 @dataclass
@@ -104,33 +120,78 @@ class _Page:
     next_token: str | None
 
 
-def _pages(client: Any, bucket: str, prefix: str, delimiter: str, attempts: int) -> list[_Page]:
-    """Every page of one listing. Signed and parsed here rather than by botocore, whose
-    parser costs a quarter of a second per 1,000 keys: most of a no-op sync."""
-    pages: list[_Page] = []
-    token: str | None = None
-    while True:
+@dataclass
+class _Memo:
+    """The last listing of one prefix: each page's digest and parse, and the model."""
+
+    digests: list[bytes]
+    pages: list[_Page]
+    model: RemoteModel
+
+
+# (bucket URL, prefix) -> its last listing; a few models per agent.
+_memos: OrderedDict[tuple[str, str], _Memo] = OrderedDict()
+_memos_lock = threading.Lock()
+_MEMOS = 8
+
+
+def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None,
+           defer: bool) -> tuple[list[_Page | tuple[dict[str, str], bytes]], list[bytes]]:
+    """Every page of one listing, and the digest of each. Signed and parsed here rather
+    than by botocore, whose parser costs a quarter of a second per 1,000 keys: most of a
+    no-op sync. The next page is requested while this one is parsed; a page identical
+    to the same page of `memo` is taken from it. With `defer`, pages come back unparsed,
+    as (headers, body)."""
+    pages: list[_Page | tuple[dict[str, str], bytes]] = []
+    digests: list[bytes] = []
+
+    def fetch(token: str | None) -> tuple[dict[str, str], bytes]:
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
-        if delimiter:
-            params["delimiter"] = delimiter
         if token:
             params["continuation-token"] = token
-        page = _retrying(lambda: _page(client, bucket, params), attempts)
-        pages.append(page)
-        if not page.next_token:
-            return pages
-        if len(pages) >= MAX_PAGES:
-            raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
-        token = page.next_token
+        return _retrying(lambda: _fetch(transport, params), attempts)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="modellist") as ahead:
+        pending: Future | None = ahead.submit(fetch, None)
+        while pending is not None:
+            headers, body = pending.result()
+            token = _peek_token(body)
+            pending = ahead.submit(fetch, token) if token and len(pages) + 1 < MAX_PAGES else None
+            digests.append(hashlib.sha1(body).digest())
+            if defer:
+                pages.append((headers, body))
+            else:
+                pages.append(_parse_page(headers, body, token, memo, len(pages)))
+            if token and pending is None:
+                raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
+    return pages, digests
+
+
+def _parse_page(headers: dict[str, str], body: bytes, token: str | None, memo: _Memo | None, i: int) -> _Page:
+    """Page `i` parsed (or taken from `memo` when identical); `token` is what a quick scan found."""
+    if memo is not None and i < len(memo.digests) and memo.digests[i] == hashlib.sha1(body).digest():
+        page = dataclasses.replace(memo.pages[i], date=_date(headers.get("date")))
+    else:
+        page = _parse(headers, body)
+    if page.next_token != token:
+        raise ValueError("a listing page whose continuation token cannot be read")
+    return page
+
+
+def _peek_token(body: bytes) -> str | None:
+    """The page's continuation token, if it is truncated (a quick scan; see _parse)."""
+    if not _TRUNCATED.search(body):
+        return None
+    found = _TOKEN.search(body)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _retrying(call: Any, attempts: int) -> Any:
     for attempt in range(1, max(1, attempts) + 1):
         try:
             return call()
-        except bexc.ClientError as e:
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status not in _RETRY_STATUS or attempt >= attempts:
+        except S3Error as e:
+            if e.status not in _RETRY_STATUS or attempt >= attempts:
                 raise
         except _RETRYABLE:
             if attempt >= attempts:
@@ -139,8 +200,10 @@ def _retrying(call: Any, attempts: int) -> Any:
     raise AssertionError("unreachable")
 
 
-def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
-    status, headers, raw = send_get(client, bucket, "", params)
+def _fetch(transport: Transport, params: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of one ListObjectsV2 answer of 200; bounded before it is read whole."""
+    answer = transport.request("", params)
+    raw = answer.body
     try:
         body = raw.read(MAX_PAGE_BYTES + 1)
     except BaseException:
@@ -150,10 +213,14 @@ def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
         raw.close()  # the rest is not read: this connection cannot be reused
     else:
         raw.release_conn()
-    if status != 200:
-        raise client_error(status, body[:65536], "ListObjectsV2")
+    if answer.status != 200:
+        raise s3_error(answer.status, body[:65536], "ListObjectsV2")
     if len(body) > MAX_PAGE_BYTES:
         raise ValueError(f"a listing page of more than {MAX_PAGE_BYTES >> 20} MiB")
+    return answer.headers, body
+
+
+def _parse(headers: dict[str, str], body: bytes) -> _Page:
     root = ElementTree.fromstring(body)
     encoded = (root.findtext(f"{_NS}EncodingType") or "") == "url"
     decode = unquote_plus if encoded else str
@@ -167,7 +234,7 @@ def _page(client: Any, bucket: str, params: dict[str, str]) -> _Page:
         for c in root.iterfind(f"{_NS}Contents")
     ]
     prefixes = [decode(p.findtext(f"{_NS}Prefix") or "") for p in root.iterfind(f"{_NS}CommonPrefixes")]
-    truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
+    truncated = (root.findtext(f"{_NS}IsTruncated") or "").strip().lower() == "true"
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
     if truncated and not token:
         raise ValueError("a truncated listing page without a continuation token")
@@ -181,14 +248,33 @@ def _timestamp(value: str) -> float:
         return 0.0
 
 
-def _model_objects(client: Any, bucket: str, prefix: str, attempts: int) -> tuple[list[tuple[str, int, str, float]], float]:
-    """Every object under `prefix`, and the store's clock at the last page."""
-    out: list[tuple[str, int, str, float]] = []
-    now = 0.0
-    for page in _pages(client, bucket, prefix, "", attempts):
-        out.extend(page.objects)
-        now = max(now, page.date)
-    return out, now
+def _list(transport: Transport, prefix: str, attempts: int, known: str) -> RemoteModel:
+    """List and parse (blocking); see the module docstring for what is not parsed again."""
+    key = (transport.signer.base_url, prefix)
+    with _memos_lock:
+        memo = _memos.get(key)
+    raw, digests = _pages(transport, prefix, attempts, memo, defer=bool(known))
+    digest = hashlib.sha1(b"".join(digests)).hexdigest()
+    if known and digest == known:
+        dates = [_date(headers.get("date")) for headers, _body in raw]  # type: ignore[misc]
+        count = sum(body.count(b"<Contents>") for _headers, body in raw)  # type: ignore[misc]
+        return RemoteModel(objects_listed=count, server_time=max(dates, default=0.0) or time.time(),
+                           digest=digest, unchanged=True)
+    pages = [p if isinstance(p, _Page) else _parse_page(p[0], p[1], _peek_token(p[1]), memo, i)
+             for i, p in enumerate(raw)]
+    now = max((page.date for page in pages), default=0.0) or time.time()
+    if memo is not None and memo.digests == digests:
+        # Its versions and objects are shared, never changed by a sync.
+        return dataclasses.replace(memo.model, server_time=now)
+    contents = [item for page in pages for item in page.objects]
+    model = _model(contents, prefix, now)
+    model.digest = digest
+    with _memos_lock:
+        _memos[key] = _Memo(digests, pages, model)
+        _memos.move_to_end(key)
+        while len(_memos) > _MEMOS:
+            _memos.popitem(last=False)
+    return model
 
 
 def _date(date: str | None) -> float:
@@ -198,10 +284,15 @@ def _date(date: str | None) -> float:
         return 0.0
 
 
-async def list_model(client: Any, bucket: str, prefix: str, executor: Executor, attempts: int = 5) -> RemoteModel:
-    """List the versions of the model stored under `prefix` (which ends in '/')."""
-    loop = asyncio.get_running_loop()
-    contents, now = await loop.run_in_executor(executor, _model_objects, client, bucket, prefix, attempts)
+async def list_model(transport: Transport, prefix: str, executor: Executor, attempts: int = 5,
+                     known: str = "") -> RemoteModel:
+    """List the versions of the model stored under `prefix` (which ends in '/'); when the
+    listing's digest is `known`, nothing is parsed (`unchanged`)."""
+    return await asyncio.get_running_loop().run_in_executor(executor, _list, transport, prefix, attempts, known)
+
+
+def _model(contents: list[tuple[str, int, str, float]], prefix: str, now: float) -> RemoteModel:
+    """The versions in one listing's objects (keys, sizes, ETags, modification times)."""
     model = RemoteModel(objects_listed=len(contents), server_time=now)
     by_version: dict[str, list[tuple[str, int, str, float]]] = {}
     for item in contents:
@@ -241,8 +332,6 @@ async def list_model(client: Any, bucket: str, prefix: str, executor: Executor, 
             model.versions[version] = objects
         else:
             model.ignored[vprefix] = "empty version directory"
-    if not model.server_time:
-        model.server_time = time.time()
     if model.ignored:
         log.warning("model_store.ignored_keys", prefix=prefix, count=len(model.ignored),
                     sample=dict(list(model.ignored.items())[:5]))

@@ -14,10 +14,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.modelstore.checksum import DIGEST_SIZE, MD5
+
 # rel path -> (size, etag) for one version
 Files = dict[str, tuple[int, str]]
-# rel path -> (etag, {part index: MD5 digest}) of multipart objects partly downloaded
-Parts = dict[str, tuple[str, dict[int, bytes]]]
+# rel path -> (etag, digest algorithm, {part index: digest}) of large objects partly downloaded
+Parts = dict[str, tuple[str, str, dict[int, bytes]]]
 
 FORMAT = 1
 
@@ -29,6 +31,9 @@ class Manifest:
     model: str
     source: str = ""
     versions: dict[int, Files] = field(default_factory=dict)
+    # Digest of the store's listing these versions were last found complete against
+    # (empty while a sync changes them): the same listing again needs no parsing.
+    listing: str = ""
 
     @classmethod
     def load(cls, path: Path, model: str) -> "Manifest":
@@ -41,7 +46,7 @@ class Manifest:
                 int(v): {rel: (int(e[0]), str(e[1])) for rel, e in body["files"].items()}
                 for v, body in data["versions"].items()
             }
-            return cls(model, str(data.get("source", "")), versions)
+            return cls(model, str(data.get("source", "")), versions, str(data.get("listing", "")))
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return cls(model)
 
@@ -51,6 +56,7 @@ class Manifest:
             "format": FORMAT,
             "model": self.model,
             "source": self.source,
+            "listing": self.listing,
             "versions": {
                 str(v): {"files": {rel: [size, etag] for rel, (size, etag) in sorted(files.items())}}
                 for v, files in sorted(self.versions.items())
@@ -86,8 +92,8 @@ class Journal:
         lines = [json.dumps({"inode": inode, "boot": boot})] + [
             json.dumps({"rel": rel, "size": s, "etag": e}, ensure_ascii=False) for rel, (s, e) in self.entries.items()
         ] + [
-            _part_line(rel, etag, i, digest)
-            for rel, (etag, done) in (parts or {}).items() for i, digest in sorted(done.items())
+            _part_line(rel, etag, i, digest, alg)
+            for rel, (etag, alg, done) in (parts or {}).items() for i, digest in sorted(done.items())
         ]
         os.write(fd, ("\n".join(lines) + "\n").encode())
         os.fsync(fd)
@@ -136,20 +142,21 @@ class Journal:
                 if index < 0:  # drop_parts
                     parts.pop(rel, None)
                     continue
-                digest = bytes.fromhex(item["md5"])
+                alg = str(item.get("alg", MD5))
+                digest = bytes.fromhex(item["md5"] if "md5" in item else item["digest"])
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn last line
-            if len(digest) != 16:
+            if len(digest) != DIGEST_SIZE.get(alg):
                 continue
             known = parts.get(rel)
-            if known is None or known[0] != etag:
-                known = parts[rel] = (etag, {})
-            known[1][index] = digest
+            if known is None or known[:2] != (etag, alg):
+                known = parts[rel] = (etag, alg, {})
+            known[2][index] = digest
         return parts
 
-    def add_part(self, rel: str, etag: str, index: int, digest: bytes) -> None:
-        """Record one part of a multipart object written and hashed (0-based index)."""
-        line = _part_line(rel, etag, index, digest) + "\n"
+    def add_part(self, rel: str, etag: str, index: int, digest: bytes, alg: str) -> None:
+        """Record one part of a multipart object written and hashed by `alg` (0-based index)."""
+        line = _part_line(rel, etag, index, digest, alg) + "\n"
         with self._lock:
             if self._fd >= 0:
                 os.write(self._fd, line.encode())
@@ -163,7 +170,7 @@ class Journal:
 
     def drop_parts(self, rel: str) -> None:
         """Forget the parts of `rel` (its file failed verification and is deleted)."""
-        line = json.dumps({"rel": rel, "etag": "", "part": -1, "md5": ""}, ensure_ascii=False) + "\n"
+        line = json.dumps({"rel": rel, "etag": "", "part": -1, "digest": ""}, ensure_ascii=False) + "\n"
         with self._lock:
             if self._fd >= 0:
                 os.write(self._fd, line.encode())
@@ -176,5 +183,5 @@ class Journal:
                 self._fd = -1
 
 
-def _part_line(rel: str, etag: str, index: int, digest: bytes) -> str:
-    return json.dumps({"rel": rel, "etag": etag, "part": index, "md5": digest.hex()}, ensure_ascii=False)
+def _part_line(rel: str, etag: str, index: int, digest: bytes, alg: str) -> str:
+    return json.dumps({"rel": rel, "etag": etag, "part": index, "alg": alg, "digest": digest.hex()}, ensure_ascii=False)

@@ -14,8 +14,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from agent import log as agent_log
-from agent.modelstore.client import StoreError, client_for, describe, error_code
+from agent.modelstore.client import client_for
 from agent.modelstore.config import StoreConfig, SyncOptions
+from agent.modelstore.errors import StoreError, describe, error_code
 from agent.modelstore.listing import VERSION_RE
 
 log = agent_log.get(__name__)

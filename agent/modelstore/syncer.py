@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from agent import log as agent_log
 from agent.metrics import Metrics
@@ -20,8 +20,9 @@ DEFAULT_INTERVAL = 30.0
 
 
 class ModelSyncer:
-    """Keeps `<models_root>/<model.name>/` in step with the model store. Owned by the agent:
-    it calls `update()` on every applied snapshot and runs `run()` as one of its tasks."""
+    """Keeps `<models_root>/<model>/` of every model of model.name in step with the model
+    store, one model after the other. Owned by the agent: it calls `update()` on every
+    applied snapshot and runs `run()` as one of its tasks."""
 
     def __init__(
         self,
@@ -36,7 +37,8 @@ class ModelSyncer:
         self.options = options or SyncOptions()
         self.on_result = on_result
         self._store: StoreConfig | None = None
-        self._model = ""
+        self._models: tuple[str, ...] = ()
+        self._results: dict[str, SyncResult] = {}
         self._interval = DEFAULT_INTERVAL
         self._wake = asyncio.Event()
         self._current: asyncio.Task | None = None
@@ -47,13 +49,16 @@ class ModelSyncer:
         self._last_success_at: float | None = None
         self._next_sync_at: float | None = None
 
-    def update(self, store: StoreConfig | None, model_name: str, interval: float) -> None:
-        """Take the parameters of an applied snapshot; sync now only if the store or model changed."""
+    def update(self, store: StoreConfig | None, models: str | Sequence[str], interval: float) -> None:
+        """Take the parameters of an applied snapshot (one model or several); sync now only
+        if the store or the models changed."""
         self._interval = max(1.0, float(interval))
-        if (store, model_name) == (self._store, self._model):
+        models = (models,) if isinstance(models, str) else tuple(models)
+        if (store, models) == (self._store, self._models):
             return
-        self._store, self._model = store, model_name
-        log.info("model_sync.target", model=model_name, store=store.public() if store else None)
+        self._store, self._models = store, models
+        self._results = {m: r for m, r in self._results.items() if m in models}
+        log.info("model_sync.target", models=list(models), store=store.public() if store else None)
         if self._current is not None and not self._current.done():
             self._current.cancel()  # it syncs what is no longer wanted; its staging stays for later
         self._wake.set()
@@ -62,17 +67,20 @@ class ModelSyncer:
         """Sync periodically until cancelled; idle while no store is configured."""
         while True:
             self._wake.clear()
-            store, model = self._store, self._model
-            if store is None or not model:
+            store, models = self._store, self._models
+            if store is None or not models:
                 self._next_sync_at = None
                 await self._wake.wait()
                 continue
-            result = await self._sync_once(store, model)
             wait = self._interval
-            if result is not None:
-                self._record(result)
-                if result.retry_after is not None:  # a version still uploading: look again soon
-                    wait = min(wait, result.retry_after + 0.1)
+            for model in models:
+                if (store, models) != (self._store, self._models):
+                    break  # update() changed the target: start over with it
+                result = await self._sync_once(store, model)
+                if result is not None:
+                    self._record(result)
+                    if result.retry_after is not None:  # a version still uploading: look again soon
+                        wait = min(wait, result.retry_after + 0.1)
             self._next_sync_at = time.time() + wait
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             # that arrives as the wake-up does, and the agent could then not stop us.
@@ -100,6 +108,7 @@ class ModelSyncer:
     def _record(self, result: SyncResult) -> None:
         self._syncs += 1
         self._last_result = result
+        self._results[result.model] = result
         self._last_sync_at = time.time()
         self.metrics.sync_seconds.observe(result.seconds)
         if result.bytes_downloaded:
@@ -121,15 +130,20 @@ class ModelSyncer:
             state = "disabled"
         elif self._syncing:
             state = "syncing"
-        elif self._last_result is not None and self._last_result.error:
+        elif any(r.error for r in self._results.values()):
             state = "error"
         else:
             state = "idle"
         result = self._last_result
-        versions = ModelDir(self.models_root / self._model).live_versions() if self._model else []
+        first = self._models[0] if self._models else ""
+        versions = ModelDir(self.models_root / first).live_versions() if first else []
         return {
             "state": state,
-            "model": self._model,
+            "model": ", ".join(self._models),
+            # Per model: its live versions and its last sync's error.
+            "models": {m: {"versions": ModelDir(self.models_root / m).live_versions(),
+                           "last_error": self._results[m].error if m in self._results else None}
+                       for m in self._models},
             "store": store.public() if store else None,
             "interval": self._interval,
             "syncs": self._syncs,
@@ -137,6 +151,6 @@ class ModelSyncer:
             "last_success_at": self._last_success_at,
             "next_sync_at": self._next_sync_at,
             "last_result": result.to_dict() if result else None,
-            "last_error": result.error if result else None,
-            "versions": versions,
+            "last_error": next((r.error for r in self._results.values() if r.error), None),
+            "versions": versions,  # the first model's, as before several models
         }

@@ -2,7 +2,7 @@
 health action runs.
 
 A node is healthy if and only if its Envoy is ready, its model server reports
-model.name AVAILABLE (serving nodes), its MinIO answers its liveness probe (a model_repo
+every model of model.name AVAILABLE (serving nodes), its MinIO answers its liveness probe (a model_repo
 node with s3.type minio), nothing it should run is missing (status `problems`), and the
 agent has applied the newest metadata it received. The repair restarts only what is
 broken: Envoy when it is not ready, the model server or MinIO when it does not answer; a
@@ -39,6 +39,8 @@ class HealthReport:
     reasons: tuple[str, ...]
     # None on a node without MinIO (every node but a model_repo node with s3.type minio).
     minio_live: bool | None = None
+    # Serving nodes: each model of model.name and whether it is AVAILABLE here (None: no answer).
+    models: dict[str, bool | None] | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -62,13 +64,16 @@ async def check(view: NodeView, lifecycle: Lifecycle, extra: str | None = None) 
         return HealthReport(False, False, None, None, applied, tuple(reasons))
 
     serving = state.me.role is Role.MODEL_SERVING
-    name = state.params.model_name
+    names = state.params.model_names if serving else ()
     minio = runs_minio(state)
-    ready, model, live = await asyncio.gather(
+    ready, live, *per_model = await asyncio.gather(
         view.admin().ready(),
-        model_state(state.me.ip, name) if serving else _none(),
         minio_live(state.me.ip) if minio else _none(),
+        *(model_state(state.me.ip, name) for name in names),
     )
+    models = dict(zip(names, per_model)) if serving else None
+    # The server answers when any model's status came back; available when all are.
+    model = None if serving and all(m is None for m in per_model) else all(m is True for m in per_model)
     problems = list(view.agent_status.problems)
     reasons += problems
     if minio and not live and not problems:
@@ -82,11 +87,12 @@ async def check(view: NodeView, lifecycle: Lifecycle, extra: str | None = None) 
     if serving and model is None:
         reasons.append("the model server does not answer")
     elif serving and not model:
-        reasons.append(f"the model server does not report {name} AVAILABLE")
+        missing = [n for n, m in zip(names, per_model) if m is not True]
+        reasons.append(f"the model server does not report {', '.join(missing)} AVAILABLE")
     live = bool(live) if minio else None
     healthy = (ready and applied and available is not False and live is not False and not problems
                and not lifecycle.stopped and not lifecycle.draining and not drift)
-    return HealthReport(healthy, ready, answering, available, applied, tuple(reasons), live)
+    return HealthReport(healthy, ready, answering, available, applied, tuple(reasons), live, models)
 
 
 async def _none() -> None:

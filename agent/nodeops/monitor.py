@@ -218,5 +218,6 @@ async def collect(view: NodeView, processes: NodeProcesses | None, sampler: Samp
                 break
     by_name = dict(zip(models, model_states))
     values["loaded_models"] = sum(1 for s in model_states if s is True)
-    values["model_available"] = int(by_name.get(state.params.model_name) is True)
+    # Every model of model.name AVAILABLE here (one model or several).
+    values["model_available"] = int(all(by_name.get(m) is True for m in state.params.model_names))
     return values

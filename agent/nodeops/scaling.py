@@ -55,7 +55,7 @@ class Scaling:
 
     async def scale_in_check(self, timeout: float = 10.0) -> Verdict:
         """The scale-in pre-check: refuse to remove every serving node, or to remove
-        nodes when no remaining serving node serves model.name."""
+        nodes when a model of model.name would be served by no remaining serving node."""
         verdict = await self.wait_applied(timeout)
         if not verdict.ok:
             return verdict
@@ -68,13 +68,16 @@ class Scaling:
         if not remaining:
             return Verdict(Refusal.LAST_SERVING_NODE,
                            f"removing {', '.join(leaving)} would leave no serving node; keep at least one")
-        name = state.params.model_name
-        available = await asyncio.gather(*(model_available(n.ip, name) for n in remaining))
-        if not any(available):
+        names = state.params.model_names
+        found = await asyncio.gather(*(model_available(n.ip, m) for m in names for n in remaining))
+        by_model = {m: sum(found[i * len(remaining):(i + 1) * len(remaining)]) for i, m in enumerate(names)}
+        unserved = [m for m, count in by_model.items() if not count]
+        if unserved:
             return Verdict(Refusal.NO_HEALTHY_REMAINING,
-                           f"no remaining serving node ({', '.join(n.instance_id for n in remaining)}) serves {name}; "
-                           "removing nodes now would stop the service")
-        return Verdict(0, f"{len(remaining)} serving node(s) remain, {sum(available)} serving {name}")
+                           f"no remaining serving node ({', '.join(n.instance_id for n in remaining)}) serves "
+                           f"{', '.join(unserved)}; removing nodes now would stop the service")
+        serving = ", ".join(f"{count} serving {m}" for m, count in by_model.items())
+        return Verdict(0, f"{len(remaining)} serving node(s) remain, {serving}")
 
     async def scale_in(self, timeout: float) -> Verdict:
         """The scale-in service on a remaining node: the pre-check's rules again, then
@@ -100,7 +103,7 @@ class Scaling:
 
     async def scale_out(self, timeout: float) -> Verdict:
         """The scale-out service on an existing node: wait until this node's Envoy has
-        every added serving node and finds it serving model.name."""
+        every added serving node and finds it serving (Envoy's health check)."""
         deadline = time.monotonic() + timeout
         verdict = await self.wait_applied(timeout)
         if not verdict.ok:
@@ -110,7 +113,7 @@ class Scaling:
         if not added:
             return Verdict(0, "no serving node was added")
         if await wait_until(lambda: self.drainer.all_healthy(set(added)), deadline):
-            return Verdict(0, f"added node(s) {', '.join(sorted(added.values()))} serve {state.params.model_name}")
+            return Verdict(0, f"added node(s) {', '.join(sorted(added.values()))} serve {', '.join(state.params.model_names)}")
         return Verdict(Refusal.ADDED_NODE_NOT_SERVING,
-                       f"added node(s) {', '.join(sorted(added.values()))} did not serve {state.params.model_name} "
+                       f"added node(s) {', '.join(sorted(added.values()))} did not serve {', '.join(state.params.model_names)} "
                        f"within {timeout:.0f}s")

@@ -17,6 +17,7 @@ from agent.errors import InvalidMetadata
 from agent.files import Check, CheckFailed, RenderedFile, replace_files
 from agent.metadata import Snapshot
 from agent.metrics import Metrics
+from agent.modelspec import ModelSpec
 from agent.paths import Paths
 from agent.pipeline.envoy import check_staged, wait_applied
 from agent.pipeline.plan import NodePlan, make_plan
@@ -61,7 +62,8 @@ class Reconciler:
         # new model): the agent re-applies the last snapshot shortly.
         self.pending = False
         self._applied_tree: dict | None = None
-        self._serving_models = models_in_config(paths.models_config)
+        self._serving_models = tuple(ModelSpec(n) for n in models_in_config(paths.models_config))
+        self._health_model: str | None = None
         self._retired: dict[tuple[str, int], float] = {}  # (kind, port) -> monotonic deadline
         self._switch_started: float | None = None
         self._switch_ready_at: float | None = None
@@ -77,8 +79,9 @@ class Reconciler:
 
     @property
     def serving_models(self) -> tuple[str, ...]:
-        """The models models.config lists now (model.name, plus one being switched away from)."""
-        return self._serving_models
+        """Names of the models models.config lists now (model.name's, plus any being
+        switched away from)."""
+        return tuple(m.name for m in self._serving_models)
 
     @property
     def applied_tree(self) -> dict | None:
@@ -109,8 +112,9 @@ class Reconciler:
             return None
         started = time.monotonic()
         self.pending = False
+        health_model = self._health_model_for(state)
         plan = make_plan(
-            state, self.paths, await self._serving_models_for(state), self._retired_listeners(state),
+            state, self.paths, await self._serving_models_for(state), self._retired_listeners(state), health_model,
         )
         try:
             await self._apply_plan(plan)
@@ -123,6 +127,7 @@ class Reconciler:
         self.state = state
         self._applied_tree = snap.tree
         self._serving_models = plan.serving_models
+        self._health_model = health_model
         self.status.problems = list(plan.problems)
         self._mark_applied(snap)
         self._update_status(state)
@@ -133,32 +138,44 @@ class Reconciler:
         self.status.applied_at = time.time()
         self.status.source_stale_since = snap.received_at if snap.stale else None
 
-    async def _serving_models_for(self, state: ClusterState) -> tuple[str, ...]:
-        """models.config's list. On a model switch the old model stays loaded until the
-        new one is AVAILABLE on every reachable serving node (Envoy's health check on
-        model.name already sends traffic only to nodes that have it) and MODEL_LINGER
-        has passed, so no request meets a node without the model it asks for."""
+    async def _serving_models_for(self, state: ClusterState) -> tuple[ModelSpec, ...]:
+        """models.config's list: model.name's models. A model that leaves the list stays
+        loaded (as it was) until every listed model is AVAILABLE on every reachable
+        serving node and MODEL_LINGER has passed, so a switch from one model to another
+        leaves no node without the model a request asks for; a model added or removed
+        beside others changes nothing for them."""
         if state.me.role is not Role.MODEL_SERVING:
             return ()
-        name = state.params.model_name
-        old = tuple(m for m in self._serving_models if m != name)
+        wanted = state.params.models
+        names = {m.name for m in wanted}
+        old = tuple(m for m in self._serving_models if m.name not in names)
         if not old:
             self._switch_started = self._switch_ready_at = None
-            return (name,)
+            return wanted
         now = time.monotonic()
         self._switch_started = self._switch_started or now
-        states = await asyncio.gather(*(model_state(n.ip, name) for n in state.active_serving_nodes))
+        states = await asyncio.gather(*(model_state(n.ip, m.name) for n in state.active_serving_nodes for m in wanted))
         if any(s is False for s in states) or not any(states):
             self._switch_ready_at = None
         else:
             self._switch_ready_at = self._switch_ready_at or now
         done = self._switch_ready_at is not None and now - self._switch_ready_at >= MODEL_LINGER
         if done or now - self._switch_started > MODEL_SWITCH_MAX:
-            logger.info("model.switched", model=name, unloading=old)
+            logger.info("model.switched", models=sorted(names), unloading=[m.name for m in old])
             self._switch_started = self._switch_ready_at = None
-            return (name,)
+            return wanted
         self.pending = True
-        return (name, *old)
+        return (*wanted, *old)
+
+    def _health_model_for(self, state: ClusterState) -> str:
+        """The model Envoy health-checks upstreams on: kept while model.name lists it, else
+        the first listed model this node already serves (so adding or removing a model
+        does not make every node unhealthy at once), else the first listed."""
+        names = state.params.model_names
+        if self._health_model in names:
+            return self._health_model
+        served = {m.name for m in self._serving_models}
+        return next((n for n in names if n in served), names[0])
 
     def _retired_listeners(self, state: ClusterState) -> tuple[tuple[str, int], ...]:
         """Old public ports still in their grace period after a port change."""
@@ -217,6 +234,9 @@ class Reconciler:
     def _update_status(self, state: ClusterState) -> None:
         self.status.node = asdict(state.me)
         self.status.params = state.params.public()
+        percent = state.params.model_canary_percent
+        self.status.models = [{**m.to_dict(), "canary_percent": percent if m.label("canary") is not None else 0}
+                              for m in state.params.models]
         active = {n.instance_id for n in state.active_serving_nodes}
         self.status.serving_nodes = [{**asdict(n), "active": n.instance_id in active} for n in state.serving_nodes]
         self.status.repo_node = asdict(state.repo_node) if state.repo_node else None

@@ -7,12 +7,14 @@ agent/params.py and agent/state.py).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import json
+from typing import Any, Sequence
 
 import jinja2
 
 from agent import PROJECT_ROOT, limits
 from agent.files import Check, RenderedFile
+from agent.modelspec import CANARY, ModelSpec
 from agent.paths import Paths
 from agent.ports import (
     ENVOY_ADMIN_PORT, HEALTH_PORT, LISTENER_KINDS, SERVING_REST_PORT, envoy_admin_address, serving_cluster,
@@ -24,7 +26,10 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %GRPC_STATUS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%ms "
-    'upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% client=%DOWNSTREAM_REMOTE_ADDRESS% "%REQ(USER-AGENT)%"\n'
+    'upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% client=%DOWNSTREAM_REMOTE_ADDRESS% "%REQ(USER-AGENT)%" '
+    # The model and version that served an inference request (the built-in server's
+    # response headers; "-" for other answers): which requests a canary took.
+    "model=%RESP(X-MODEL-NAME)% version=%RESP(X-MODEL-VERSION)%\n"
 )
 
 
@@ -61,12 +66,14 @@ def public_listeners(state: ClusterState, retired: tuple[tuple[str, int], ...] =
 
 def render_envoy(
     state: ClusterState, paths: Paths,
-    retired_listeners: tuple[tuple[str, int], ...] = (),
+    retired_listeners: tuple[tuple[str, int], ...] = (), health_model: str | None = None,
 ) -> list[RenderedFile]:
-    """Envoy's bootstrap and its dynamic listeners, clusters and endpoints."""
+    """Envoy's bootstrap and its dynamic listeners, clusters and endpoints. Upstreams are
+    health-checked on `health_model` (model.name's first model unless given)."""
     dyn = str(paths.envoy_dynamic)
+    health_model = health_model or state.params.model_names[0]
     common = {"state": state, "dynamic_dir": dyn, "health_port": HEALTH_PORT, "rest_port": SERVING_REST_PORT,
-              "limits": limits.ENVOY.as_dict()}
+              "limits": limits.ENVOY.as_dict(), "health_model": health_model}
     files = [
         RenderedFile(
             paths.envoy_conf / "bootstrap.yaml",
@@ -92,7 +99,7 @@ def render_envoy(
         ))
     files.append(RenderedFile(
         paths.envoy_dynamic / "cds.yaml",
-        render_template("envoy/cds.yaml.j2", version=(cds_version := _version("cds", p.model_name)), **common).encode(),
+        render_template("envoy/cds.yaml.j2", version=(cds_version := _version("cds", health_model)), **common).encode(),
         check=Check.ENVOY_DYNAMIC,
         version=cds_version,
     ))
@@ -108,7 +115,17 @@ def render_envoy(
     return files
 
 
-def render_models_config(models: list[str], paths: Paths) -> RenderedFile:
-    """TF Serving's models.config listing `models` under the local model root."""
-    text = render_template("serving/models.config.j2", models=models, models_root=str(paths.models))
+def render_models_config(models: Sequence[ModelSpec | str], paths: Paths) -> RenderedFile:
+    """TF Serving's models.config listing `models` (with their version policies and
+    labels; a bare name takes TF Serving's defaults) under the local model root."""
+    specs = [ModelSpec(m) if isinstance(m, str) else m for m in models]
+    text = render_template("serving/models.config.j2", models=specs, models_root=str(paths.models))
     return RenderedFile(paths.models_config, text.encode())
+
+
+def render_traffic(models: Sequence[ModelSpec | str], canary_percent: int, paths: Paths) -> RenderedFile:
+    """The built-in server's traffic split (`--traffic_file`): the canary percentage of
+    every model that has a `canary` label. Read by the server's config poll, so a change
+    applies live; TF Serving has no such file and ignores it."""
+    percent = {m.name: canary_percent for m in models if isinstance(m, ModelSpec) and m.label(CANARY) is not None}
+    return RenderedFile(paths.serving_traffic, (json.dumps({"canary_percent": percent}, sort_keys=True) + "\n").encode())

@@ -64,9 +64,22 @@ def server_argv(
     raise ValueError(f"unknown model server backend {backend!r}")
 
 
-def builtin_flags(params, cache_dir: Path) -> tuple[str, ...]:
-    """The built-in server's flags for the serving.runtime/precision/batching parameters."""
-    return (
+REQUEST_LOG = "requests.log"
+
+
+def builtin_flags(params, cache_dir: Path, logs_dir: Path | None = None,
+                  traffic_file: Path | None = None) -> tuple[str, ...]:
+    """The built-in server's flags for the serving.runtime/precision/batching parameters,
+    the canary split's file when given, and tracing.otlp.endpoint / request.log.* when
+    set (unset ones leave the command line as it was)."""
+    extra = (f"--traffic_file={traffic_file}",) if traffic_file is not None else ()
+    if params.tracing_otlp_endpoint:
+        extra += (f"--otlp_endpoint={params.tracing_otlp_endpoint}",)
+    if params.request_log_sample_rate > 0 and logs_dir is not None:
+        extra += (f"--request_log_file={logs_dir / REQUEST_LOG}",
+                  f"--request_log_sample_rate={params.request_log_sample_rate:g}",
+                  f"--request_log_max_bytes={params.request_log_max_bytes}")
+    return extra + (
         f"--runtime={params.serving_runtime}",
         f"--precision={params.serving_precision}",
         f"--compile_cache_dir={cache_dir}",

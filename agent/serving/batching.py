@@ -23,7 +23,9 @@ from typing import Sequence
 import numpy as np
 
 import agent.log
+from agent.serving import tracing
 from agent.serving.errors import ServingError, internal, invalid_argument, unavailable
+from agent.serving.metrics import ServingMetrics
 from agent.serving.servable import Servable
 
 log = agent.log.get(__name__)
@@ -72,6 +74,7 @@ class _Task:
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, np.ndarray] | None = None
     error: BaseException | None = None
+    trace: object = None  # the request's span context (tracing on)
 
 
 def batch_graphs(servable: Servable) -> set[str]:
@@ -87,7 +90,7 @@ def batch_graphs(servable: Servable) -> set[str]:
 class BatchingServable(Servable):
     """A servable whose runs are merged into batches; everything else is the wrapped one's."""
 
-    def __init__(self, inner: Servable, options: BatchingOptions):
+    def __init__(self, inner: Servable, options: BatchingOptions, metrics: ServingMetrics | None = None):
         super().__init__(inner.name, inner.version, inner.path)
         self.inner = inner
         self.signatures = inner.signatures
@@ -96,6 +99,7 @@ class BatchingServable(Servable):
         self.signature_defs = inner.signature_defs
         self.refused = inner.refused
         self.options = options
+        self._metrics = metrics
         self._graphs = batch_graphs(inner)
         self._queue: deque[_Task] = deque()
         self._cond = threading.Condition()
@@ -115,9 +119,9 @@ class BatchingServable(Servable):
         """Queue the run for a batch and wait for its share of the outputs."""
         rows = _rows(feeds)
         if graph not in self._graphs or rows is None or rows > self.options.max_batch_size:
-            return self.inner.run(feeds, output_names, graph)
+            return tracing.traced_run(self.inner.run)(feeds, output_names, graph)
         key = (graph, tuple(output_names), _signature_key(feeds, self.options.pad_variable_length_inputs))
-        task = _Task(feeds, list(output_names), graph, key, rows, time.monotonic())
+        task = _Task(feeds, list(output_names), graph, key, rows, time.monotonic(), trace=tracing.current())
         limit = self.options.max_enqueued_batches * self.options.max_batch_size
         with self._cond:
             closed = self._closed
@@ -204,15 +208,22 @@ class BatchingServable(Servable):
         return None
 
     def _run_batch(self, batch: list[_Task]) -> None:
+        total = sum(t.rows for t in batch)
+        size = total if len(batch) == 1 else _allowed(total, self.options.allowed_batch_sizes)
+        now = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.record_batch(self.name, total, size, [now - t.enqueued for t in batch])
+        for task in batch:
+            tracing.record("queue", task.trace, task.enqueued, now)
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
         first = batch[0]
-        total = sum(t.rows for t in batch)
-        size = _allowed(total, self.options.allowed_batch_sizes)
         try:
             feeds = _merge([t.feeds for t in batch], size - total, self.options.pad_variable_length_inputs)
+            run_started = time.monotonic()
             results = self.inner.run(feeds, first.output_names, first.graph)
+            run_ended = time.monotonic()
             if any(np.ndim(v) < 1 or np.shape(v)[0] != size for v in results.values()):
                 raise invalid_argument("an output is not batch-major")
         except ServingError:
@@ -226,16 +237,25 @@ class BatchingServable(Servable):
             self.merged_requests += len(batch)
             self.largest_batch = max(self.largest_batch, total)
         start = 0
+        ended = time.monotonic()
+        attributes = {"batch.requests": len(batch), "batch.rows": total, "batch.size": size}
         for task in batch:
+            tracing.record("batch", task.trace, now, ended, attributes)
+            tracing.record("run", task.trace, run_started, run_ended, attributes)
             task.result = {name: value[start:start + task.rows] for name, value in results.items()}
             start += task.rows
             task.done.set()
 
     def _run_alone(self, task: _Task) -> None:
+        started = time.monotonic()
         try:
             task.result = self.inner.run(task.feeds, task.output_names, task.graph)
         except BaseException as e:
             task.error = e
+        ended = time.monotonic()
+        attributes = {"batch.requests": 1, "batch.rows": task.rows, "batch.size": task.rows}
+        tracing.record("batch", task.trace, started, ended, attributes)  # a batch of one
+        tracing.record("run", task.trace, started, ended, attributes)
         task.done.set()
 
 

@@ -11,10 +11,12 @@ import grpc
 from google.protobuf import any_pb2
 
 import agent.log
-from agent.serving import inference, limits, tensors
+from agent.serving import inference, limits, tensors, tracing
 from agent.serving.config import ConfigError, from_proto
 from agent.serving.errors import ServingError, invalid_argument
+from agent.serving.canary import served_by
 from agent.serving.manager import ModelManager
+from agent.serving.metrics import ServingMetrics
 from agent.serving.protos import (
     classification_pb2,
     error_codes_pb2,
@@ -62,10 +64,12 @@ def _examples(request_input) -> tuple[list[dict], dict | None]:
 
 
 class _Base:
-    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None):
+    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None,
+                 metrics: ServingMetrics | None = None):
         self._manager = manager
         self._executor = executor
         self._admission = admission or limits.Admission()
+        self._metrics = metrics or ServingMetrics(manager.configured)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable]):
         try:
@@ -79,34 +83,46 @@ class _Base:
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
     async def _off_loop(self, work: Callable):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, tracing.in_context(work))
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's metadata (trace context headers among it)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, Classify, Regress and GetModelMetadata."""
 
-    async def _infer(self, context, request, work: Callable):
+    async def _infer(self, context, request, work: Callable, api: str):
         async def run():
-            servable = self._manager.servable(*_spec_target(request.model_spec))
-            self._admission.enter()
-            try:
-                return await self._off_loop(lambda: work(servable, request))
-            finally:
-                self._admission.leave()
+            with self._metrics.request(api, "GRPC", request.model_spec.name, _metadata(context)) as call:
+                call.io(given=request)
+                servable = self._manager.servable(*_spec_target(request.model_spec), infer=True)
+                call.served(servable)
+                self._admission.enter()
+                try:
+                    response = await self._off_loop(lambda: work(servable, request))
+                finally:
+                    self._admission.leave()
+                call.io(answered=response)
+                # Only on success: an error stays a trailers-only answer, which Envoy can retry.
+                await context.send_initial_metadata(tuple(served_by(servable).items()))
+                return response
 
         return await self._call(context, run)
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):
         """Run a signature on the request's tensors."""
-        return await self._infer(context, request, _predict)
+        return await self._infer(context, request, _predict, "Predict")
 
     async def Classify(self, request: classification_pb2.ClassificationRequest, context):
         """Classify tf.Examples with a classify signature."""
-        return await self._infer(context, request, _classify)
+        return await self._infer(context, request, _classify, "Classify")
 
     async def Regress(self, request: regression_pb2.RegressionRequest, context):
         """Regress tf.Examples with a regress signature."""
-        return await self._infer(context, request, _regress)
+        return await self._infer(context, request, _regress, "Regress")
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         """The model's signature_def map (the only metadata field TF Serving knows)."""
@@ -262,10 +278,11 @@ def _add_prediction_service(server: grpc.aio.Server, servicer: PredictionService
 
 
 def add_services(
-    server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None
+    server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> None:
     """Register both TF Serving services on a public gRPC server (no admin call)."""
-    _add_prediction_service(server, PredictionService(manager, executor, admission))
+    _add_prediction_service(server, PredictionService(manager, executor, admission, metrics))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, executor), server)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 import agent.log
 from agent.serving import versions as version_dirs
+from agent.serving.canary import CANARY, STABLE, CanarySplit
 from agent.serving.config import ModelConfig
 from agent.serving.errors import invalid_argument, not_found, unavailable
 from agent.serving.protos import error_codes_pb2 as codes
@@ -71,6 +72,14 @@ class ModelManager:
         # thread, never by a batch thread dropping the last reference, which during
         # interpreter exit aborts the process (a daemon thread unwound inside OpenVINO).
         self._closing: list[Servable] = []
+        # Which version unversioned requests of a model with a `canary` label go to.
+        self.canary = CanarySplit()
+        # Inference requests served per (model, version), for status and the console.
+        self._served: dict[tuple[str, int], int] = {}
+
+    def configured(self, name: str) -> bool:
+        """Whether models.config names this model."""
+        return name in self._configs
 
     @property
     def configs(self) -> list[ModelConfig]:
@@ -202,10 +211,55 @@ class ModelManager:
             raise invalid_argument(f"Unrecognized servable version label: {label}")
         return number
 
-    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The AVAILABLE servable for a request: a version, a label, or the latest one."""
+    def served(self, name: str, version: int) -> int:
+        """Inference requests this version has served since the server started."""
+        return self._served.get((name, version), 0)
+
+    def labels(self, name: str) -> dict[str, int]:
+        """The version labels of a configured model."""
+        config = self._configs.get(name)
+        return dict(config.labels) if config else {}
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None, *,
+                 infer: bool = False) -> Servable:
+        """The AVAILABLE servable for a request: a version, a label, or the default one.
+        `infer` marks an inference request: an unversioned one takes part in the canary
+        split, and each is counted for the version that serves it."""
+        chosen = self._pick(name, version, label, infer)
+        if infer:
+            key = (name, chosen.version)
+            self._served[key] = self._served.get(key, 0) + 1
+        return chosen
+
+    def _unversioned(self, name: str, states: dict[int, _Version], split: bool) -> Servable | None:
+        """For a model with a `canary` label in the split: the canary for its share of inference
+        requests, else `stable`, else the newest version other than the canary; None
+        when the model has no canary label or none of those is AVAILABLE."""
+        config = self._configs.get(name)
+        canary = config.label_version(CANARY) if config else None
+        if canary is None or not self.canary.applies(name):
+            return None
+        picks = []
+        if split and self.canary.take(name):
+            picks.append(canary)
+        stable = config.label_version(STABLE)
+        if stable is not None:
+            picks.append(stable)
+        others = [v.version for v in states.values() if v.state == AVAILABLE and v.version != canary]
+        if others:
+            picks.append(max(others))
+        for number in picks:
+            current = states.get(number)
+            if current is not None and current.state == AVAILABLE:
+                return current.servable
+        return None
+
+    def _pick(self, name: str, version: int | None, label: str | None, split: bool) -> Servable:
         states = self._versions.get(name, {})
         if version is None and label is None:
+            chosen = self._unversioned(name, states, split)
+            if chosen is not None:
+                return chosen
             available = [v for v in states.values() if v.state == AVAILABLE]
             if not available:
                 if name in self._configs and not (states and all(v.state == END for v in states.values())):

@@ -14,6 +14,7 @@ unlike TensorProto), so a request never makes the server allocate more than it s
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -245,20 +246,33 @@ def json_data(array: np.ndarray, name: str) -> Any:
     return np.ascontiguousarray(flat).astype(np.dtype(flat.dtype.str), copy=False)
 
 
-def parse_version(version: Any) -> int | None:
-    """A request's version string: '' for the latest, else a number; INVALID_ARGUMENT otherwise."""
+# A version label as the agent's model.version.labels allows it (agent/modelspec.py).
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def parse_version(version: Any) -> tuple[int | None, str | None]:
+    """A request's version string as (number, label): '' for the default version, a
+    number, or a version label (TF Serving's labels: `stable`, `canary`, ...);
+    INVALID_ARGUMENT otherwise."""
     if version in ("", None):
-        return None
-    if not isinstance(version, str) or not version.isascii() or not version.isdigit() or int(version) > _INT64_MAX:
-        raise invalid_argument(f"model version must be a non-negative integer, got {_short(version)}")
-    return int(version)
+        return None, None
+    if isinstance(version, str) and version.isascii() and version.isdigit() and int(version) <= _INT64_MAX:
+        return int(version), None
+    if isinstance(version, str) and _LABEL.fullmatch(version):
+        return None, version
+    raise invalid_argument(f"model version must be a non-negative integer or a version label, got {_short(version)}")
 
 
-def servable(manager: ModelManager, name: str, version: str) -> Servable:
-    """The servable a request names (latest when version is empty); TF Serving's errors otherwise."""
+def servable(manager: ModelManager, name: str, version: str, *, infer: bool = False) -> Servable:
+    """The servable a request names (the default one when version is empty, see
+    ModelManager.servable; `infer` for an inference request); TF Serving's errors otherwise."""
     if not name:
         raise invalid_argument("missing model name")
-    return manager.servable(name, parse_version(version))
+    number, label = parse_version(version)
+    if label is not None and label not in manager.labels(name):
+        raise invalid_argument(f"model version must be a non-negative integer or a version label of {_short(name)}, "
+                               f"got {_short(version)}")
+    return manager.servable(name, number, label, infer=infer)
 
 
 def _signature(servable: Servable) -> Signature:

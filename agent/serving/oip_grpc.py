@@ -17,7 +17,9 @@ import grpc
 import numpy as np
 
 import agent.log
-from agent.serving import limits, oip
+from agent.serving import limits, oip, tracing
+from agent.serving.canary import served_by
+from agent.serving.metrics import ServingMetrics
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
 from agent.serving.protos import grpc_service_pb2 as pb
@@ -111,10 +113,12 @@ def _infer(servable, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer."""
 
-    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission):
+    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission,
+                 metrics: ServingMetrics | None = None):
         self._manager = manager
         self._executor = executor
         self._admission = admission  # shared with TF Serving's API: one cap per server
+        self._metrics = metrics or ServingMetrics(manager.configured)
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable]):
         try:
@@ -164,17 +168,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """Run one inference."""
 
         async def run():
-            self._admission.enter()
-            try:
-                servable = oip.servable(self._manager, request.model_name, request.model_version)
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, _infer, servable, request)
-            finally:
-                self._admission.leave()
+            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            with self._metrics.request("ModelInfer", "GRPC", request.model_name, metadata) as call:
+                self._admission.enter()
+                try:
+                    call.io(given=request)
+                    servable = oip.servable(self._manager, request.model_name, request.model_version, infer=True)
+                    call.served(servable)
+                    loop = asyncio.get_running_loop()
+                    response = await loop.run_in_executor(self._executor, tracing.in_context(_infer, servable, request))
+                finally:
+                    self._admission.leave()
+                call.io(answered=response)
+                # Only on success: an error stays a trailers-only answer, which Envoy can retry.
+                await context.send_initial_metadata(tuple(served_by(servable).items()))
+                return response
 
         return await self._call(context, run)
 
 
-def add_service(server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission) -> None:
+def add_service(server: grpc.aio.Server, manager: ModelManager, executor: Executor, admission: limits.Admission,
+                metrics: ServingMetrics | None = None) -> None:
     """Register inference.GRPCInferenceService on a gRPC server."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(manager, executor, admission), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(manager, executor, admission, metrics), server)

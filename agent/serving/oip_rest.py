@@ -23,7 +23,9 @@ import orjson
 from aiohttp import web
 
 import agent.log
-from agent.serving import limits, oip, rest_codec
+from agent.serving import limits, oip, rest_codec, tracing
+from agent.serving.canary import served_by
+from agent.serving.metrics import RequestRecord, ServingMetrics
 from agent.serving.errors import ServingError, internal, invalid_argument, not_found
 from agent.serving.manager import ModelManager
 
@@ -47,9 +49,10 @@ def _error(e: ServingError) -> web.Response:
     return web.Response(status=e.http_status, body=rest_codec.error_body(e.message), content_type=_JSON)
 
 
-def add_routes(app: web.Application, manager: ModelManager, executor: Executor, admission: limits.Admission) -> None:
+def add_routes(app: web.Application, manager: ModelManager, executor: Executor, admission: limits.Admission,
+               metrics: ServingMetrics | None = None) -> None:
     """Serve the protocol's /v2 paths on `app` (register before any catch-all route)."""
-    api = OipRestApi(manager, executor, admission)
+    api = OipRestApi(manager, executor, admission, metrics)
     app.router.add_route("*", "/v2", api.handle)
     app.router.add_route("*", "/v2/{tail:.*}", api.handle)
 
@@ -57,10 +60,12 @@ def add_routes(app: web.Application, manager: ModelManager, executor: Executor, 
 class OipRestApi:
     """The /v2 handlers over one model manager."""
 
-    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission):
+    def __init__(self, manager: ModelManager, executor: Executor, admission: limits.Admission,
+                 metrics: ServingMetrics | None = None):
         self._manager = manager
         self._executor = executor
         self._admission = admission  # shared with TF Serving's API: one cap per server
+        self._metrics = metrics or ServingMetrics(manager.configured)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Dispatch one /v2 request by method and path."""
@@ -77,11 +82,14 @@ class OipRestApi:
                 name, version = unquote(m.group(1)), unquote(m.group(2) or "")
                 action = m.group(3)
                 if method == "POST" and action == "infer":
-                    self._admission.enter()
-                    try:
-                        return await self._infer(request, name, version)
-                    finally:
-                        self._admission.leave()
+                    with self._metrics.request("ModelInfer", "REST", name, request.headers) as call:
+                        self._admission.enter()
+                        try:
+                            response = await self._infer(request, name, version, call)
+                            call.io(answered=response.body)
+                            return response
+                        finally:
+                            self._admission.leave()
                 if method == "GET" and action == "ready":
                     oip.servable(self._manager, name, version)  # the lookup's error says why not
                     return _json(200, {"name": name, "ready": True})
@@ -98,18 +106,22 @@ class OipRestApi:
             return _json(503, {"error": f"models not ready yet: {', '.join(sorted(waiting))}"})
         return _json(200, {"ready": True})
 
-    async def _infer(self, request: web.Request, name: str, version: str) -> web.Response:
+    async def _infer(self, request: web.Request, name: str, version: str, call: RequestRecord) -> web.Response:
         header_length = request.headers.get(HEADER_LENGTH)
         body = await request.read()
-        servable = oip.servable(self._manager, name, version)
+        call.io(given=body)
+        servable = oip.servable(self._manager, name, version, infer=True)
+        call.served(servable)
         loop = asyncio.get_running_loop()
         try:
-            status, payload, headers = await loop.run_in_executor(self._executor, _infer, servable, body, header_length)
+            status, payload, headers = await loop.run_in_executor(
+                self._executor, tracing.in_context(_infer, servable, body, header_length))
+            headers = {**headers, **served_by(servable)}
         except ServingError as e:
-            return _error(e)
+            return _error(call.fail(e))
         except Exception as e:
             log.exception("v2 infer failed", model=name)
-            return _error(internal(f"{type(e).__name__}: {e}"))
+            return _error(call.fail(internal(f"{type(e).__name__}: {e}")))
         content_type = _BINARY if HEADER_LENGTH in headers else _JSON
         return web.Response(status=status, body=payload, content_type=content_type, headers=headers)
 

@@ -17,11 +17,13 @@ from urllib.parse import unquote
 from aiohttp import web
 from google.protobuf import json_format
 
-from agent.serving import inference, limits, oip_rest, rest_codec
+from agent.serving import inference, limits, oip_rest, rest_codec, tracing
+from agent.serving import metrics as serving_metrics
+from agent.serving.canary import CANARY, served_by
 import agent.log
 from agent.serving.errors import ServingError, internal, invalid_argument
 from agent.serving.manager import ModelManager
-from agent.serving.protos import get_model_status_pb2, model_pb2
+from agent.serving.protos import error_codes_pb2, get_model_status_pb2, model_pb2
 from agent.serving.versions import MAX_VERSION
 
 # TF Serving's own path patterns (model_servers/http_rest_api_util.cc).
@@ -34,6 +36,8 @@ _RUNTIME_PATH = re.compile(r"/v1/models/([^/:]+)/runtime")
 _JSON = "application/json"
 log = agent.log.get(__name__)
 TOO_LARGE = 413
+# A body past the cap is counted as TF Serving's code for a resource limit.
+TOO_LARGE_CODE = error_codes_pb2.RESOURCE_EXHAUSTED
 
 
 def _reply(status: int, body: bytes) -> web.Response:
@@ -61,17 +65,19 @@ class RestApi:
 
     def __init__(
         self, manager: ModelManager, executor: Executor, admission: limits.Admission | None = None,
-        max_body: int = limits.MAX_REST_BODY_BYTES,
+        max_body: int = limits.MAX_REST_BODY_BYTES, metrics: serving_metrics.ServingMetrics | None = None,
     ):
         self._manager = manager
         self._executor = executor
         self._admission = admission or limits.Admission()
         self._max_body = max_body
+        self._metrics = metrics or serving_metrics.ServingMetrics(manager.configured)
 
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=self._max_body)
-        oip_rest.add_routes(app, self._manager, self._executor, self._admission)  # the Open Inference Protocol's /v2 paths
+        oip_rest.add_routes(app, self._manager, self._executor, self._admission, self._metrics)  # the Open Inference Protocol's /v2 paths
+        app.router.add_get(serving_metrics.PATH, self._metrics_text)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -80,7 +86,11 @@ class RestApi:
         path = request.path
         try:
             if request.method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
-                return await self._admitted(request, m)
+                api = m.group(4).capitalize()  # TF Serving's API label: Predict, Classify, Regress
+                with self._metrics.request(api, "REST", unquote(m.group(1) or ""), request.headers) as call:
+                    response = await self._admitted(request, m, call)
+                    call.io(answered=response.body)
+                    return response
             if request.method == "GET" and (m := _RUNTIME_PATH.fullmatch(path)):
                 return self._runtime(unquote(m.group(1)))
             if request.method == "GET" and (m := _STATUS_PATH.fullmatch(path)):
@@ -94,9 +104,14 @@ class RestApi:
         except ServingError as e:
             return _error(e)
 
-    async def _admitted(self, request: web.Request, m: re.Match) -> web.Response:
+    async def _metrics_text(self, request: web.Request) -> web.Response:
+        """The server's metrics in Prometheus text, at TF Serving's path."""
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": serving_metrics.CONTENT_TYPE})
+
+    async def _admitted(self, request: web.Request, m: re.Match, call: serving_metrics.RequestRecord) -> web.Response:
         """Read and serve one inference request if the server is under its caps."""
         if request.content_length is not None and request.content_length > self._max_body:
+            call.code = TOO_LARGE_CODE
             return self._too_large(request.content_length)
         self._admission.enter()
         try:
@@ -104,13 +119,16 @@ class RestApi:
                 async with asyncio.timeout(limits.REST_BODY_TIMEOUT):
                     body = await request.read()
             except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit
+                call.code = TOO_LARGE_CODE
                 return self._too_large(None)
             except TimeoutError:
+                call.code = error_codes_pb2.DEADLINE_EXCEEDED
                 response = _reply(408, rest_codec.error_body(
                     f"Request body not received within {limits.REST_BODY_TIMEOUT:g} seconds"))
                 response.force_close()
                 return response
-            return await self._post(m.group(4).lower(), *_target(m), body)
+            call.io(given=body)
+            return await self._post(m.group(4).lower(), *_target(m), body, call)
         finally:
             self._admission.leave()
 
@@ -122,19 +140,23 @@ class RestApi:
         response.force_close()
         return response
 
-    async def _post(self, method: str, name: str, version: int | None, label: str | None, body: bytes) -> web.Response:
-        servable = self._manager.servable(name, version, label)
+    async def _post(self, method: str, name: str, version: int | None, label: str | None, body: bytes,
+                    call: serving_metrics.RequestRecord) -> web.Response:
+        servable = self._manager.servable(name, version, label, infer=True)
+        call.served(servable)
         work = {"predict": _predict, "classify": _classify, "regress": _regress}[method]
         loop = asyncio.get_running_loop()
         try:
-            return _reply(200, await loop.run_in_executor(self._executor, work, servable, body))
+            response = _reply(200, await loop.run_in_executor(self._executor, tracing.in_context(work, servable, body)))
+            response.headers.update(served_by(servable))
+            return response
         except ServingError as e:
-            return _error(e)
+            return _error(call.fail(e))
         except MemoryError:
-            return _error(limits.resource_exhausted("Out of memory while serving the request"))
+            return _error(call.fail(limits.resource_exhausted("Out of memory while serving the request")))
         except Exception as e:
             log.exception("request failed", model=name, method=method)
-            return _error(internal(f"{type(e).__name__}: {e}"))
+            return _error(call.fail(internal(f"{type(e).__name__}: {e}")))
 
     def _status(self, name: str, version: int | None, label: str | None) -> web.Response:
         response = get_model_status_pb2.GetModelStatusResponse()
@@ -148,10 +170,15 @@ class RestApi:
         return _reply(200, text.encode())
 
     def _runtime(self, name: str) -> web.Response:
-        versions = [{"version": str(n), **servable.details()} for n, servable in self._manager.versions(name)]
+        versions = [{"version": str(n), **servable.details(), "requests": self._manager.served(name, n)}
+                    for n, servable in self._manager.versions(name)]
         if not versions:
             self._manager.status(name)  # NOT_FOUND for an unknown model, as status says it
-        return _reply(200, rest_codec.dumps({"model": name, "versions": versions}))
+        labels = self._manager.labels(name)
+        return _reply(200, rest_codec.dumps({
+            "model": name, "versions": versions, "labels": labels,
+            "canary_percent": self._manager.canary.percent(name) if CANARY in labels else 0,
+        }))
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
         servable = self._manager.servable(name, version, label)

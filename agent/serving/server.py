@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,14 @@ from aiohttp import web
 import agent.log
 from agent.ports import SERVING_GRPC_PORT, SERVING_REST_PORT
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
+from agent.serving.canary import TrafficError, read_traffic
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, confine, parse_models_config
-from agent.serving import limits
+from agent.serving import limits, tracing
 from agent.serving.grpc_api import add_admin_services, add_services, channel_options
 from agent.serving.loader import load_servable
 from agent.serving.manager import ModelManager
+from agent.serving.metrics import ServingMetrics
+from agent.serving.request_log import RequestLog
 from agent.serving.oip_grpc import add_service as add_oip_service
 from agent.serving.rest import RestApi
 from agent.serving.runtime import RuntimeOptions
@@ -45,6 +49,8 @@ class ServerOptions:
     grpc_port: int = SERVING_GRPC_PORT
     rest_port: int = SERVING_REST_PORT
     models_config: Path | None = None
+    # The canary split per model (agent/serving/canary.py), reread with models_config.
+    traffic_file: Path | None = None
     config_poll_seconds: float = 0
     fs_poll_seconds: float = 1
     threads: int = 0  # intra-op threads per inference; 0 = the CPU count
@@ -61,6 +67,12 @@ class ServerOptions:
     admin_socket: Path | None = None
     # Every base_path a config names must lie under this directory, when given.
     models_root: Path | None = None
+    # OTLP/gRPC collector (host:port) for the server's spans; "" = no tracing.
+    otlp_endpoint: str = ""
+    # Sampled request log: the file (None = off), the share of requests, the bytes kept of each.
+    request_log_file: Path | None = None
+    request_log_sample_rate: float = 0.0
+    request_log_max_bytes: int = 4096
 
 
 def _address(host: str, port: int) -> str:
@@ -81,6 +93,10 @@ class ModelServer:
         self._inference = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._loading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loading")
         self.manager = ModelManager(self._load, self._loading)
+        self.request_log = (RequestLog(options.request_log_file, options.request_log_sample_rate,
+                                       options.request_log_max_bytes)
+                            if options.request_log_file is not None and options.request_log_sample_rate > 0 else None)
+        self.metrics = ServingMetrics(self.manager.configured, self.request_log)
         # One cap over both APIs: past it a request gets 503 / UNAVAILABLE at once.
         self._admission = limits.Admission(options.max_concurrent_requests)
         self._runner: web.AppRunner | None = None
@@ -91,10 +107,17 @@ class ModelServer:
         # One config change at a time (the file poll, an admin reload), each in the
         # order its config was read: a poll that read the old file cannot undo a reload.
         self._config_lock = asyncio.Lock()
+        self._traffic_error = ""
 
     def _load(self, name: str, version: int, path: Path) -> Servable:
         """Load, warm up and (where its signatures allow a batch dimension) batch one version."""
-        servable = load_servable(name, version, path, self._runtime)
+        started = time.perf_counter()
+        try:
+            servable = load_servable(name, version, path, self._runtime)
+        except BaseException:
+            self.metrics.record_load(str(path), False, time.perf_counter() - started)
+            raise
+        loaded = time.perf_counter()
         batching = self.options.batching
         batched = batching.enabled and bool(batch_graphs(servable))
         sizes = (1, batching.max_batch_size) if batched else (1,)
@@ -102,10 +125,16 @@ class ModelServer:
             done = warm_up(servable, sizes)
         except BaseException:
             servable.close()
+            self.metrics.record_load(str(path), False, time.perf_counter() - started)
             raise
+        self.metrics.record_warmup(str(path), time.perf_counter() - loaded)
+        self.metrics.record_load(str(path), True, time.perf_counter() - started)
         log.info("model version warmed up", model=name, version=version, runtime=servable.runtime,
                  precision=servable.precision, batching=batched, warmup=done)
-        return BatchingServable(servable, batching) if batched else servable
+        if batched:
+            return BatchingServable(servable, batching, self.metrics)
+        servable.run = tracing.traced_run(servable.run)  # a `run` span per call when tracing is on
+        return servable
 
     async def start(self) -> None:
         """Load the configured models, then listen on the REST and gRPC ports.
@@ -114,16 +143,17 @@ class ModelServer:
         restarted server refuses connections (which Envoy retries elsewhere) instead of
         answering requests for models it has not loaded yet."""
         o = self.options
+        tracing.setup(o.otlp_endpoint)
         await self._initial_load()
         if o.rest_port:  # 0 disables REST, as in tensorflow_model_server
-            rest = RestApi(self.manager, self._inference, self._admission, o.max_request_bytes)
+            rest = RestApi(self.manager, self._inference, self._admission, o.max_request_bytes, self.metrics)
             self._runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=5)
             await self._runner.setup()
             await web.TCPSite(self._runner, o.host, o.rest_port, reuse_address=True).start()
         self._grpc = grpc.aio.server(options=channel_options(o.max_request_bytes),
                                      maximum_concurrent_rpcs=limits.MAX_GRPC_RPCS)
-        add_services(self._grpc, self.manager, self._inference, self._admission)
-        add_oip_service(self._grpc, self.manager, self._inference, self._admission)
+        add_services(self._grpc, self.manager, self._inference, self._admission, self.metrics)
+        add_oip_service(self._grpc, self.manager, self._inference, self._admission, self.metrics)
         if self._grpc.add_insecure_port(_address(o.host, o.grpc_port)) == 0:
             raise OSError(f"cannot listen on gRPC address {_address(o.host, o.grpc_port)}")
         await self._grpc.start()
@@ -162,6 +192,21 @@ class ModelServer:
         self._confined(configs, "ReloadConfigRequest")
         async with self._config_lock:
             await self.manager.apply(configs)
+        await self._read_traffic()
+
+    async def _read_traffic(self) -> None:
+        """Take the traffic file's canary percentages; a bad file keeps those in force."""
+        path = self.options.traffic_file
+        if path is None:
+            return
+        try:
+            self.manager.canary.set(await asyncio.to_thread(read_traffic, path))
+        except TrafficError as e:
+            if str(e) != self._traffic_error:
+                log.error("traffic file rejected, keeping the canary split in force", error=str(e))
+            self._traffic_error = str(e)
+        else:
+            self._traffic_error = ""
 
     async def _read_config(self) -> list[ModelConfig] | None:
         """The config file's models if its text changed and parses; None otherwise."""
@@ -194,11 +239,13 @@ class ModelServer:
         if configs is not None:
             async with self._config_lock:
                 await self.manager.apply(configs)
+        await self._read_traffic()
 
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(self.options.config_poll_seconds)
             try:
+                await self._read_traffic()
                 async with self._config_lock:
                     configs = await self._read_config()
                     if configs is not None:
@@ -231,4 +278,7 @@ class ModelServer:
         await self.manager.close()
         self._inference.shutdown(wait=False, cancel_futures=True)
         self._loading.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(tracing.shutdown)  # the spans still queued are sent
+        if self.request_log is not None:
+            await asyncio.to_thread(self.request_log.close)
         log.info("model server stopped")
