@@ -13,7 +13,7 @@ import json
 import pytest
 
 from agent.commands.up import cluster_trees
-from agent.nodeops.control import request
+from agent.clients.control import request
 from tests.harness.load import GrpcLoad, Load
 from tests.harness.node import Node, http, predict, wait_for
 from tests.harness.serving_support import copy_builtin
