@@ -12,15 +12,15 @@ from agent import __version__
 # name -> (module, help). Command modules keep heavy imports (ONNX Runtime, gRPC,
 # boto3) inside run(), so building the parser stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("agent.commands_cli.run", "run the node agent (daemon)"),
-    "up": ("agent.commands_cli.up", "run a local cluster on embedded defaults"),
-    "render": ("agent.commands_cli.render", "render every config file once from metadata"),
-    "validate": ("agent.commands_cli.validate", "check metadata; non-zero exit with the reasons"),
-    "status": ("agent.commands_cli.status", "show the running agent's status"),
-    "serve": ("agent.serving.cli", "run the built-in model server (TF Serving's flags)"),
-    "models": ("agent.serving.models_cli", "manage built-in models"),
-    "sync": ("agent.modelstore.cli", "sync the model from the model store once"),
-    "hook": ("agent.hooks", "run one of the platform's lifecycle hooks (hooks/, docs/hooks.md)"),
+    "run": ("agent.commands.run", "run the node agent (daemon)"),
+    "up": ("agent.commands.up", "run a local cluster on embedded defaults"),
+    "render": ("agent.commands.render", "render every config file once from metadata"),
+    "validate": ("agent.commands.validate", "check metadata; non-zero exit with the reasons"),
+    "status": ("agent.commands.status", "show the running agent's status"),
+    "serve": ("agent.commands.serve", "run the built-in model server (TF Serving's flags)"),
+    "models": ("agent.commands.models", "manage built-in models"),
+    "sync": ("agent.commands.sync", "sync the model from the model store once"),
+    "hook": ("agent.commands.hook", "run one of the platform's lifecycle hooks (hooks/, docs/hooks.md)"),
 }
 
 

@@ -16,25 +16,26 @@ from aiohttp import web
 from agent import limits, log
 from agent.console import ConsoleContext, start_console
 from agent.console.guard import server_ssl_context
-from agent.control import create_control_app, start_control
+from agent.console.sampler import Sampler as ChartSampler
+from agent.console.timeline import Timeline
 from agent.files import remove_stale_staging
-from agent.health import metadata_problem
-from agent.lifecycle import DRIFT_INTERVAL, Lifecycle, NodeProcesses
 from agent.metadata import Snapshot, Source
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metrics import Metrics
 from agent.modelstore import ModelSyncer, store_config_for
+from agent.modelstore.repo_node import RepoSeeder
+from agent.nodeops.control import create_control_app, start_control
+from agent.nodeops.lifecycle import Lifecycle
+from agent.nodeops.monitor import Sampler as MonitorSampler
+from agent.nodeops.selfcmd import CommandRunner
+from agent.nodeops.view import NodeView, metadata_problem
 from agent.paths import Paths
-from agent.reconcile import Reconciler
-from agent.sampler import Sampler
-from agent.render import admin_address
-from agent.repo import RepoSeeder
-from agent.selfcmd import CommandRunner
-from agent.state import CONSOLE_PORT, ENVOY_ADMIN_PORT, SERVING_REST_PORT, ClusterState, Role
+from agent.pipeline.reconcile import Reconciler
+from agent.ports import CONSOLE_PORT, envoy_admin_url, model_server_url
+from agent.processes.supervisor import Supervisor
+from agent.processes.systemd import SystemdUnits, keep_watchdog, notify, systemd_mode, watchdog_interval
+from agent.state import ClusterState, Role
 from agent.status import AgentStatus
-from agent.supervisor import Supervisor
-from agent.systemd import SystemdUnits, systemd_mode
-from agent.timeline import Timeline
 
 logger = log.get(__name__)
 
@@ -63,22 +64,29 @@ class Agent:
         self.source = source
         self.metrics = Metrics()
         self.status = AgentStatus(source=source.description)
-        # Lifecycle operations (drain, stop/start, scaling checks) on this node.
-        self.lifecycle = Lifecycle(self)
-        self.supervisor: NodeProcesses | None = None
+        self.syncer = ModelSyncer(paths.models, self.metrics)
+        # What node operations see of this node: narrow, never the Agent itself.
+        self.view = NodeView(
+            paths=paths, source=source.description, state=lambda: self.reconciler.state, status=self.status_dict,
+            agent_status=self.status, sync_status=self.syncer.status,
+            serving_models=lambda: self.reconciler.serving_models, catch_up=self.catch_up,
+        )
+        manager = None
         if manage_processes:
             # systemd runs the processes on platform nodes; the agent itself elsewhere.
-            inner = SystemdUnits(paths.conf / "systemd") if systemd_mode() else Supervisor(paths.run, self.metrics)
-            self.supervisor = self.lifecycle.processes = NodeProcesses(inner, self.lifecycle)
+            manager = SystemdUnits(paths.conf / "systemd") if systemd_mode() else Supervisor(paths.run, self.metrics)
+        # Lifecycle operations (drain, stop/start, scaling checks, Envoy drift) on this node.
+        self.lifecycle = Lifecycle.build(self.view, manager)
+        self.supervisor = self.lifecycle.processes
         self.reconciler = Reconciler(paths, self.status, self.metrics, self.supervisor)
-        self.syncer = ModelSyncer(paths.models, self.metrics)
+        self.monitor_sampler = MonitorSampler(self.view)
         self.repo = RepoSeeder(paths)
         self.commands = CommandRunner(paths.logs, paths.state, self.metrics)
         self.last_good = LastGoodTree(paths.state / "last-good-tree.json")
         self._console_enabled = console
         # The console's live charts: sampled only for a console.
         self.timeline = Timeline()
-        self.sampler = Sampler(self.timeline, self.status_dict, self._envoy_admin_url, self._chart_interval)
+        self.chart_sampler = ChartSampler(self.timeline, self.status_dict, self._envoy_admin_url, self._chart_interval)
         self._latest: Snapshot | None = None
         # Every snapshot handed to the apply loop gets the next number; `_attempt` is the
         # number of the last one the apply loop took (applied or refused), `_attempt_ok`
@@ -110,7 +118,8 @@ class Agent:
         structlog.contextvars.bind_contextvars(data_dir=str(self.paths.data_dir))
         self.paths.ensure()
         remove_stale_staging([self.paths.envoy_conf, self.paths.envoy_dynamic, self.paths.serving_conf])
-        self._control = await start_control(create_control_app(self), self.paths.control_socket)
+        self._control = await start_control(create_control_app(self.view, self.lifecycle, self.monitor_sampler),
+                                            self.paths.control_socket)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(), name="metadata")
@@ -119,9 +128,13 @@ class Agent:
                 tg.create_task(self.repo.run(), name="repository-seed")
                 tg.create_task(self.commands.run(), name="commands")
                 tg.create_task(self._rotate_logs(), name="log-rotation")
-                tg.create_task(self._watch_envoy_drift(), name="envoy-drift")
+                tg.create_task(self.lifecycle.drift.run(), name="envoy-drift")
+                tg.create_task(self.monitor_sampler.run(), name="monitor-sampler")
+                interval = watchdog_interval()
+                if interval:
+                    tg.create_task(keep_watchdog(interval, _loop_alive), name="systemd-watchdog")
                 if self._console_enabled:
-                    tg.create_task(self.sampler.run(), name="timeline")
+                    tg.create_task(self.chart_sampler.run(), name="timeline")
         finally:
             await asyncio.shield(self._shutdown())
 
@@ -136,22 +149,8 @@ class Agent:
                 logger.warning("logs.rotation_failed", error=str(e))
             await asyncio.sleep(limits.LOG_ROTATE_INTERVAL)
 
-    async def _watch_envoy_drift(self) -> None:
-        """A drain or health-check failure someone did through Envoy's admin port shows in
-        status and health, and is undone: the node serves as its metadata says."""
-        while True:
-            await asyncio.sleep(DRIFT_INTERVAL)
-            if self.supervisor is None:
-                continue
-            try:
-                drift = await self.lifecycle.envoy_drift()
-                if drift:
-                    logger.warning("envoy.drift", drift=list(drift))
-                    await self.lifecycle.restore_envoy(drift)
-            except Exception:
-                logger.exception("envoy.drift_check_failed")
-
     async def _shutdown(self) -> None:
+        notify("STOPPING=1")
         await self.reconciler.close()
         for runner in (self._console, self._control):
             if runner is not None:
@@ -201,7 +200,7 @@ class Agent:
                 return (f"metadata version {snap.version} read from {self.source.description} "
                         f"not applied within {timeout:.0f}s")
             if not self._attempt_ok:
-                return metadata_problem(self) or f"metadata version {snap.version} not applied"
+                return metadata_problem(self.view) or f"metadata version {snap.version} not applied"
             if self.reconciler.applied_tree == snap.tree:
                 return None
             # A different tree was applied after the read (an older one in flight, or a
@@ -271,7 +270,7 @@ class Agent:
 
     def _envoy_admin_url(self) -> str | None:
         state = self.reconciler.state
-        return f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}" if state else None
+        return envoy_admin_url(state.me.ip) if state else None
 
     def _chart_interval(self) -> float:
         state = self.reconciler.state
@@ -282,8 +281,8 @@ class Agent:
             paths=self.paths,
             status=self.status_dict,
             metrics=self.metrics,
-            envoy_admin_url=f"http://{admin_address(state.me.ip)}:{ENVOY_ADMIN_PORT}",
-            model_server_url=f"http://{state.me.ip}:{SERVING_REST_PORT}",
+            envoy_admin_url=envoy_admin_url(state.me.ip),
+            model_server_url=model_server_url(state.me.ip),
             password=lambda: self.reconciler.state.params.web_password if self.reconciler.state else "",
             timeline=self.timeline,
         )
@@ -294,3 +293,9 @@ class Agent:
         except OSError as e:  # ssl.SSLError included
             logger.error("console.unavailable", address=f"{state.me.ip}:{CONSOLE_PORT}", error=str(e))
             self._console_enabled = False
+
+
+async def _loop_alive() -> bool:
+    """The event loop runs tasks: the watchdog task itself got here."""
+    await asyncio.sleep(0)
+    return True

@@ -8,12 +8,32 @@ import asyncio
 import os
 import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
-from agent.render import RenderedFile
 
 STAGING_PREFIX = ".staged-"
+
+
+class Check(str, Enum):
+    """How a staged file is checked before it replaces the live one."""
+
+    NONE = "none"
+    ENVOY_BOOTSTRAP = "envoy-bootstrap"  # envoy --mode validate on the file itself
+    ENVOY_DYNAMIC = "envoy-dynamic"  # validated inside a throwaway bootstrap
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file as it should be on disk."""
+
+    path: Path
+    content: bytes
+    mode: int = 0o644
+    check: Check = Check.NONE
+    # The version_info Envoy reports once it runs this file (listeners and clusters).
+    version: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,14 @@ MAX_MODELS = 16
 MAX_LABELS = 16
 # A model name becomes a directory name and an API path segment: config_schema.json's rule.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def valid_model_name(name: str) -> bool:
+    """True when `name` is one model name by model.name's rule (it becomes a directory
+    name: no '..', no '/'); the one home of that rule."""
+    return MODEL_NAME.fullmatch(name) is not None
+
+
 LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 # TF Serving's versions are int64.
 MAX_VERSION = 2**63 - 1

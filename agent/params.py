@@ -13,6 +13,7 @@ import jsonschema
 
 from agent import PROJECT_ROOT
 from agent.errors import Problem
+from agent.ports import FIXED_PORTS
 from agent.modelspec import ModelSpec, model_names, parse_models
 
 SCHEMA_FILE = PROJECT_ROOT / "config_schema.json"
@@ -110,7 +111,7 @@ def parameter_specs() -> list[dict]:
 
 def reserved_ports() -> dict[int, str]:
     """Ports the API ports may not take, with what holds them."""
-    return {int(p): what for p, what in _schema()["reserved_ports"].items()}
+    return dict(FIXED_PORTS)
 
 
 def _json_schema(spec: dict) -> dict:

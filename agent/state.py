@@ -11,16 +11,6 @@ from typing import Any, Mapping
 from agent.errors import InvalidMetadata, Problem
 from agent.params import Params, parse_params
 
-# TF Serving's fixed ports: Envoy's upstreams on every serving node.
-SERVING_GRPC_PORT = 8500
-SERVING_REST_PORT = 8501
-# Envoy's health-check listener: every Envoy checks a serving node through it (drain).
-HEALTH_PORT = 8502
-ENVOY_ADMIN_PORT = 8001
-CONSOLE_PORT = 8090
-MINIO_PORT = 9000
-
-
 class Role(str, Enum):
     MODEL_SERVING = "model_serving"
     MODEL_REPO = "model_repo"

@@ -40,7 +40,7 @@ class AgentStatus:
     models: list[dict[str, Any]] = field(default_factory=list)
     # Why something this node should run does not (a missing `minio` executable, ...).
     problems: list[str] = field(default_factory=list)
-    # The model_repo node's MinIO bucket seeding (agent/repo.py); empty elsewhere.
+    # The model_repo node's MinIO bucket seeding (agent/modelstore/repo_node.py); empty elsewhere.
     repository: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     agent_version: str = __version__

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,22 +25,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.commands_cli.up import cluster_trees, prepare_node  # noqa: E402
-from agent.paths import Paths  # noqa: E402
+from agent.commands.up import cluster_trees  # noqa: E402
+from tests.harness.node import Node  # noqa: E402
 
 
-def start_cluster(root: Path, ips: list[str]) -> list[subprocess.Popen]:
-    procs = []
+def start_cluster(root: Path, ips: list[str]) -> list[Node]:
+    """Three nodes through the project's harness, each with the built-in models."""
+    nodes = []
     for k, tree in enumerate(cluster_trees(ips, **{"model.name": "resnet"}), start=1):
         tree["host"]["cpu"] = "1"  # three servers share this machine's cores
-        paths = Paths(root / f"node{k}")
-        metadata = prepare_node(paths, tree)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--metadata", str(metadata), "--data-dir", str(paths.data_dir),
-             "--no-console", "--log-format", "json"],
-            stdout=subprocess.DEVNULL, stderr=open(paths.data_dir / "agent.stderr", "wb"),
-        ))
-    return procs
+        data_dir = root / f"node{k}"
+        data_dir.mkdir()
+        node = Node(data_dir, tree)
+        node.install_models()
+        nodes.append(node.start("--no-console"))
+    return nodes
 
 
 async def grpc_load(targets: list[str], clients_per_target: int, seconds: float, batch: int, input_name: str) -> float:
@@ -119,7 +117,7 @@ async def main() -> int:
     args = parser.parse_args()
     ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-        procs = start_cluster(Path(tmp), ips)
+        nodes = start_cluster(Path(tmp), ips)
         try:
             await wait_ready([f"{ip}:8501" for ip in ips] + [f"{ips[0]}:8080"])
             name = await input_name(f"{ips[0]}:8500")
@@ -127,10 +125,8 @@ async def main() -> int:
             direct = await grpc_load([f"{ip}:8500" for ip in ips], args.concurrency // 3, args.seconds, args.batch, name)
             routed = await grpc_load([f"{ips[0]}:8081"], args.concurrency, args.seconds, args.batch, name)
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(timeout=60)
+            for node in nodes:
+                node.stop()
     ratio = routed / direct
     print(json.dumps({
         "model": "resnet (ResNet-50)", "batch": args.batch, "clients": args.concurrency, "seconds": args.seconds,

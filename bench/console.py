@@ -38,7 +38,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import allocate_loopback_ip  # noqa: E402
+from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
 
 PORT = 8090
 MIB = 1024 * 1024

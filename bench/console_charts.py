@@ -38,7 +38,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import allocate_loopback_ip  # noqa: E402
+from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
 
 PORT = 8090
 TARGET_MS = 50.0
@@ -46,7 +46,7 @@ TARGET_MS = 50.0
 
 def filled_timeline(nodes: int, models: int):
     """An hour of 1 s samples ending now, and a full event list."""
-    from agent.timeline import MAX_EVENTS, Point, Rates, Timeline
+    from agent.console.timeline import MAX_EVENTS, Point, Rates, Timeline
 
     timeline = Timeline()
     timeline.interval = 1.0

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import PROJECT_ROOT  # noqa: E402
-from tests.conftest import allocate_loopback_ip  # noqa: E402
-from tests.foundation_trees import single_node_tree  # noqa: E402
-from tests.load import Load  # noqa: E402
-from tests.node import Node  # noqa: E402
+from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
+from tests.harness.foundation_trees import single_node_tree  # noqa: E402
+from tests.harness.load import Load  # noqa: E402
+from tests.harness.node import Node  # noqa: E402
 
 HOOKS = ("monitor", "health-check")
 

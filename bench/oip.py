@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,26 +32,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
+from tests.harness.node import http as http_call, wait_for  # noqa: E402
+from tests.harness.serving_support import Server  # noqa: E402
+
 TARGET = 0.8
-PORTS = (8500, 8501)
 
 
-def free_loopback_ip() -> str:
-    """A 127.x.y.z whose server ports are free (other runs may share this machine)."""
-    for _ in range(200):
-        ip = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-        try:
-            for port in PORTS:
-                with socket.socket() as s:
-                    s.bind((ip, port))
-            return ip
-        except OSError:
-            continue
-    raise SystemExit("no free loopback address")
-
-
-def start_server(root: Path, ip: str) -> subprocess.Popen:
-    """The built-in server on half_plus_two and digits."""
+def start_server(root: Path, ip: str) -> Server:
+    """The built-in server on half_plus_two and digits, through the project's harness."""
     from agent.serving.builtin_models import install_builtin
 
     install_builtin(root / "models", ["half_plus_two", "digits"])
@@ -62,25 +48,17 @@ def start_server(root: Path, ip: str) -> subprocess.Popen:
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{n}" base_path: "{root / "models" / n}" model_platform: "tensorflow" }}\n'
         for n in ("half_plus_two", "digits")) + "}\n")
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "serve", f"--host={ip}", f"--model_config_file={config}", "--intra_op_threads=1"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "serve.log", "wb"))
+    return Server(config, ip, threads=1).start()
 
 
-def wait_ready(ip: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("model server exited")
-        try:
-            conn = http.client.HTTPConnection(ip, 8501, timeout=5)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("model server not ready")
+def wait_ready(ip: str, server: Server, timeout: float = 120) -> None:
+    """Until the server answers the Open Inference Protocol's readiness call."""
+    def ready() -> bool:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"model server exited: {server.log.read_text(errors='replace')[-2000:]}")
+        return http_call("GET", f"http://{ip}:8501/v2/health/ready")[0] == 200
+
+    wait_for(ready, timeout, 0.2, "model server ready")
 
 
 class Rest:
@@ -177,7 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
-    ip = free_loopback_ip()
+    ip = allocate_loopback_ip()
     with tempfile.TemporaryDirectory(prefix="bench-oip-") as tmp:
         server = start_server(Path(tmp), ip)
         try:
@@ -190,8 +168,7 @@ def main() -> int:
                 results[workload] = {"requests_per_s": rates, "ratios": ratios}
                 missed += [f"{workload}: {name} = {value} < {TARGET}" for name, value in ratios.items() if value < TARGET]
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     results["target"] = f"every ratio >= {TARGET}"
     results["missed"] = missed
     print(json.dumps(results, indent=2))

@@ -8,7 +8,7 @@ upstream address. It prints p50/p99/max per source and the ratio of each network
 against the file source (the reference, measured in the same run).
 
 etcd is a real etcd (Debian etcd-server); metad is the metad TEST DOUBLE from
-tests/metad_double.py (metad itself cannot be installed here), with metad's 100 ms
+tests/harness/metad_double.py (metad itself cannot be installed here), with metad's 100 ms
 debounce, which the file and etcd sources do not have.
 
     python bench/propagation.py [--changes 100] [--sources file,etcd,metad] [--assert-p99 0.3]
@@ -23,10 +23,8 @@ import argparse
 import asyncio
 import copy
 import json
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +37,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import allocate_loopback_ip  # noqa: E402
-from tests.etcd_process import EtcdProcess, ports_free  # noqa: E402
-from tests.metad_double import MetadDouble  # noqa: E402
+from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
+from tests.harness.etcd_process import EtcdProcess, ports_free  # noqa: E402
+from tests.harness.metad_double import MetadDouble  # noqa: E402
+from tests.harness.node import Node  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "single-node.yaml"
 ETCD_PREFIX = "/inference/bench"
@@ -83,28 +82,6 @@ def peer_ips(count: int) -> list[str]:
     return [f"127.250.{i // 250}.{i % 250 + 2}" for i in range(count + 1)]
 
 
-class Agent:
-    """The node agent as a child process."""
-
-    def __init__(self, spec: str, data_dir: Path):
-        self.log = open(data_dir / "agent.log.txt", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--metadata", spec, "--data-dir", str(data_dir),
-             "--no-console", "--log-format", "json", "--log-level", "warning"],
-            stdout=self.log, stderr=self.log, start_new_session=True, cwd=ROOT,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
 async def upstreams(session: aiohttp.ClientSession, admin: str) -> set[str]:
     """Addresses in Envoy's serving cluster (empty while Envoy is not up)."""
     try:
@@ -120,7 +97,7 @@ async def upstreams(session: aiohttp.ClientSession, admin: str) -> set[str]:
 
 
 async def wait_upstream(session: aiohttp.ClientSession, admin: str, ip: str, timeout: float,
-                        agent: Agent | None = None) -> float:
+                        agent: Node | None = None) -> float:
     """Poll /clusters until `ip` is an upstream; returns when it was seen (monotonic)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -176,7 +153,7 @@ async def measure(name: str, changes: int, workdir: Path) -> Result:
         else:
             raise ValueError(f"unknown source {name!r}")
 
-        agent = Agent(spec, data_dir)
+        agent = Node(data_dir, source=spec, ip=ip).start("--no-console", "--log-level", "warning")
         cleanup.append(agent.stop)
         async with aiohttp.ClientSession() as session:
             await wait_upstream(session, admin, peers[0], 120, agent)

@@ -1,6 +1,6 @@
 """The built-in model server through the product's own Envoy against the runtimes
 in-process, in one run. A real node is started through the project's test harness
-(tests.node.Node: `inference-agent run` on a single-node metadata tree, which renders and
+(tests.harness.node.Node: `inference-agent run` on a single-node metadata tree, which renders and
 starts Envoy and the built-in server) with model.name resnet, on a fresh loopback address.
 
     python bench/serving.py [--b1-iterations 40] [--b32-iterations 6] [--clients 16] [--seconds 20]
@@ -96,8 +96,8 @@ def predict_request(pixels: np.ndarray):
 
 def start_node(data_dir: Path, ip: str, threads: int):
     """A node through the project's harness; returns it and the seconds to resnet AVAILABLE via Envoy."""
-    from tests.foundation_trees import single_node_tree
-    from tests.node import Node, http, wait_for
+    from tests.harness.foundation_trees import single_node_tree
+    from tests.harness.node import Node, http, wait_for
 
     tree = single_node_tree(ip, **{"model.name": MODEL, "enable.access.log": "false"})
     for host in [tree["host"], *tree["hosts"]["model_serving"].values()]:
@@ -212,7 +212,7 @@ async def concurrent_b1(ip: str, clients: int, seconds: float) -> dict:
 
 
 def server_runtime(ip: str) -> dict:
-    from tests.node import http
+    from tests.harness.node import http
 
     status, body = http("GET", f"http://{ip}:8501/v1/models/{MODEL}/runtime", timeout=10)
     return json.loads(body)["versions"][0] if status == 200 else {"error": body.decode(errors="replace")}
@@ -220,7 +220,7 @@ def server_runtime(ip: str) -> dict:
 
 def main() -> int:
     from agent.serving.builtin_models import install_builtin
-    from tests.conftest import allocate_loopback_ip
+    from tests.harness.addresses import allocate_loopback_ip
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--b1-iterations", type=int, default=40)

@@ -2,7 +2,7 @@
 
 - platform/config.json: the creation form, its `env` section from config_schema.json;
 - platform/cluster.json.mustache: the nodes, their services wired to hooks/ (with the
-  hooks' own timeouts plus a margin), health check and monitor (items from agent/monitor.py).
+  hooks' own timeouts plus a margin), health check and monitor (items from agent/nodeops/monitor.py).
 
     python platform/generate.py           # rewrite both files
     python platform/generate.py --check   # exit 1 if either is out of date
@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from agent import PROJECT_ROOT, __version__
-from agent.hooks import HOOKS
-from agent.monitor import cluster_json_section
+from agent.commands.hook import HOOKS
+from agent.nodeops.monitor import cluster_json_section
 from agent.params import parameter_specs
 
 HERE = PROJECT_ROOT / "platform"

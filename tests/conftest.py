@@ -1,18 +1,16 @@
-"""Shared fixtures. Every test node gets its own loopback address so that the
-product's real port numbers (8080, 8081, 8001, 8090, 8500, 8501) can be used by
-several nodes, tests and test runs on one machine at once."""
+"""Shared fixtures. Every test node gets its own loopback address (tests/harness/addresses.py)
+so that the product's real port numbers can be used by several nodes, tests and test
+runs on one machine at once."""
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
-NODE_PORTS = (8080, 8081, 8001, 8090, 8500, 8501, 8502, 9000)
+from tests.harness.addresses import allocate_loopback_ip
 
 
 def _interrupt(signum, frame):
@@ -39,26 +37,6 @@ def pytest_unconfigure(config):
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-
-
-def _ip_is_free(ip: str) -> bool:
-    for port in NODE_PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                return False
-    return True
-
-
-def allocate_loopback_ip() -> str:
-    """A 127.x.y.z address whose node ports are all free (127.0.0.0/8 is all local on Linux)."""
-    rng = random.Random()
-    for _ in range(200):
-        ip = f"127.{rng.randint(20, 250)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"
-        if _ip_is_free(ip):
-            return ip
-    raise RuntimeError("no free loopback address found")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 from agent.metadata import Snapshot
 from agent.metadata.cache import LastGoodTree, with_fallback
 from agent.metadata.metad import MetadSource
-from tests.metad_double import MetadDouble
+from tests.harness.metad_double import MetadDouble
 
 TREE = {"host": {"ip": "10.0.0.5", "instance_id": "i-1"}, "env": {"s3.secret_key": "hunter2", "model.name": "m"}}
 

@@ -25,10 +25,10 @@ import pytest
 from agent.serving.canary import CanarySplit, TrafficError, parse_traffic
 from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
 from agent.serving.tensors import from_ndarray
-from tests.conftest import allocate_loopback_ip
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, wait_for
-from tests.serving_support import copy_builtin
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, wait_for
+from tests.harness.serving_support import copy_builtin
 
 MODEL = "half_plus_two"
 # The answer to x = 1.0 of each version.

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from agent.commands_cli.up import cluster_trees
-from tests.load import GrpcLoad, Load
-from tests.node import Node, http, predict, wait_for
+from agent.commands.up import cluster_trees
+from tests.harness.load import GrpcLoad, Load
+from tests.harness.node import Node, http, predict, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from agent import PROJECT_ROOT
-from tests.foundation_trees import single_node_tree, write_tree
-from tests.node import predict, wait_for
+from tests.harness.foundation_trees import single_node_tree, write_tree
+from tests.harness.node import predict, wait_for
 
 EXAMPLES = sorted((PROJECT_ROOT / "examples").rglob("*.yaml"))
 
@@ -71,7 +71,7 @@ def test_up_prepares_a_node_serves_and_stops_everything_on_ctrl_c(node_ip, tmp_p
 
 
 def test_three_node_example_is_what_up_runs():
-    from agent.commands_cli.up import cluster_trees
+    from agent.commands.up import cluster_trees
 
     shipped = [yaml.safe_load((PROJECT_ROOT / "examples" / "three-node" / f"node{k}.yaml").read_text()) for k in (1, 2, 3)]
     assert shipped == cluster_trees(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
@@ -80,8 +80,8 @@ def test_three_node_example_is_what_up_runs():
 def test_up_with_a_repo_node_syncs_the_serving_nodes_from_it_and_stops_on_ctrl_c(tmp_path, monkeypatch):
     import ipaddress
 
-    from tests.conftest import _ip_is_free, allocate_loopback_ip
-    from tests.repo_support import path_without_minio
+    from tests.harness.addresses import _ip_is_free, allocate_loopback_ip
+    from tests.harness.repo_support import path_without_minio
 
     first = allocate_loopback_ip()
     while not _ip_is_free(str(ipaddress.IPv4Address(first) + 1)):

@@ -23,8 +23,8 @@ from agent.console.app import THROTTLE
 from agent.console.tail import MAX_LINE_BYTES, TRUNCATED_MARK, BadFilter, make_matcher, tail_file
 from agent.metrics import Metrics
 from agent.paths import Paths
-from tests.node import wait_for
-from tests.serving_support import Server, copy_builtin, write_config
+from tests.harness.node import wait_for
+from tests.harness.serving_support import Server, copy_builtin, write_config
 
 CONSOLE_PORT = 8090
 

@@ -17,8 +17,8 @@ from agent import PROJECT_ROOT
 from agent.console import start_console
 from agent.metrics import Metrics
 from agent.paths import Paths
-from tests.foundation_trees import single_node_tree
-from tests.node import Node
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node
 from tests.test_console import CONSOLE_PORT, agent_status, make_context
 
 CHROMIUM = "/usr/bin/chromium"

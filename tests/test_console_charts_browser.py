@@ -12,9 +12,9 @@ import time
 import pytest
 from playwright.async_api import Page, async_playwright
 
-from agent.commands_cli.up import cluster_trees
-from tests.load import Load
-from tests.node import Node, http, wait_for
+from agent.commands.up import cluster_trees
+from tests.harness.load import Load
+from tests.harness.node import Node, http, wait_for
 from tests.test_cluster import Cluster, start_nodes
 from tests.test_console_browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM
 

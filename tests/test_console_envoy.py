@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 
 from agent.console.envoy_views import REDACTED, redact
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, wait_for
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, wait_for
 
 PASSWORD = "console-pass-7f3a"
 
@@ -30,7 +30,7 @@ def _self_signed(ip: str, directory) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    from tests.conftest import allocate_loopback_ip
+    from tests.harness.addresses import allocate_loopback_ip
 
     ip = allocate_loopback_ip()
     tmp = tmp_path_factory.mktemp("envoy-views")

@@ -14,8 +14,8 @@ import pytest
 
 from agent.metadata import open_source
 from agent.metadata.etcd import Compacted, EtcdClient, EtcdSource, build_tree, parse_spec
-from tests.etcd_process import CLIENT_PORT, EtcdProcess, ports_free
-from tests.source_follower import SourceProcess, follow  # noqa: F401 (fixture)
+from tests.harness.etcd_process import CLIENT_PORT, EtcdProcess, ports_free
+from tests.harness.source_follower import SourceProcess, follow  # noqa: F401 (fixture)
 
 PREFIX = "/clusters/cl-test"
 TREE = {

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from agent.files import CheckFailed, remove_stale_staging, replace_files
-from agent.render import RenderedFile
-from tests.node import wait_for
+from agent.files import RenderedFile
+from tests.harness.node import wait_for
 
 
 async def test_only_changed_files_are_replaced(tmp_path):
@@ -47,7 +47,7 @@ def test_kill_during_writes_never_leaves_a_partial_file(tmp_path):
 import asyncio, itertools
 from pathlib import Path
 from agent.files import replace_files
-from agent.render import RenderedFile
+from agent.files import RenderedFile
 async def main():
     for i in itertools.count():
         await replace_files([RenderedFile(Path({str(target)!r}), (str(i % 10) * 200_000).encode())])

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.control import request
-from agent.hooks import ExitCode
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, wait_for
-from tests.platform_hooks import repo_node_tree, run_hook
+from agent.clients.control import request
+from agent.commands.hook import ExitCode
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, wait_for
+from tests.harness.platform_hooks import repo_node_tree, run_hook
 
 
 def test_a_node_without_model_server_is_healthy_when_envoy_is_ready(node_ip, data_dir):

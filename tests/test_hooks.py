@@ -16,13 +16,13 @@ import psutil
 import pytest
 from botocore.config import Config
 
-from agent.hooks import ExitCode
-from agent.monitor import ITEMS
-from tests.foundation_trees import single_node_tree, write_tree
-from tests.load import Load
-from tests.node import Node, http, predict, wait_for
-from tests.platform_hooks import MONITOR_LIMIT, repo_node_tree, run_hook
-from tests.repo_support import minio_on_path  # noqa: F401  (fixture)
+from agent.commands.hook import ExitCode
+from agent.nodeops.monitor import ITEMS
+from tests.harness.foundation_trees import single_node_tree, write_tree
+from tests.harness.load import Load
+from tests.harness.node import Node, http, predict, wait_for
+from tests.harness.platform_hooks import MONITOR_LIMIT, repo_node_tree, run_hook
+from tests.harness.repo_support import minio_on_path  # noqa: F401  (fixture)
 
 ACCESS_KEY = "hook-test-access"
 SECRET_KEY = "hook-test-secret-not-a-default"
@@ -179,7 +179,7 @@ async def test_monitor_prints_one_json_object_within_5s_under_load(node):
 
     # Counters run since Envoy started (the platform's statistics_type is delta).
     before = json.loads((await asyncio.to_thread(run_hook, node.data_dir, "monitor")).stdout)
-    from agent.control import request
+    from agent.clients.control import request
 
     socket = node.data_dir / "run" / "agent.sock"
     async with Load(node.ip, concurrency=8) as load:
@@ -264,7 +264,7 @@ def test_hooks_without_an_agent_answer_with_their_documented_codes(data_dir):
 
 
 def test_invalid_service_params_are_a_usage_error(data_dir, tmp_path):
-    from tests.platform_hooks import service
+    from tests.harness.platform_hooks import service
 
     cmd, _ = service("model_serving", "stop")
     import subprocess

@@ -13,13 +13,13 @@ import json
 import psutil
 import pytest
 
-from agent.commands_cli.up import cluster_trees
-from agent.hooks import ExitCode
-from agent.lifecycle import Refusal
-from tests.conftest import allocate_loopback_ip
-from tests.load import Load
-from tests.node import Node, wait_for
-from tests.platform_hooks import run_hook
+from agent.commands.hook import ExitCode
+from agent.commands.up import cluster_trees
+from agent.nodeops.scaling import Refusal
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.load import Load
+from tests.harness.node import Node, wait_for
+from tests.harness.platform_hooks import run_hook
 
 pytestmark = pytest.mark.slow
 ROLE = "model_serving"
@@ -240,7 +240,7 @@ async def test_scale_answers_are_for_the_metadata_written_just_before_50_times_i
     must be for that write, every time (the agent reads its source afresh first). The
     control API is called in-process, right after each write, with no sleep between:
     a hook's own start-up time would hide the race."""
-    from agent.control import request
+    from agent.clients.control import request
 
     cluster.reset()
     n1 = cluster.nodes[0]

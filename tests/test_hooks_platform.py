@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 from agent import PROJECT_ROOT
-from agent.hooks import HOOKS, exit_codes
-from agent.monitor import GROUPS, ITEMS
+from agent.commands.hook import HOOKS, exit_codes
+from agent.nodeops.monitor import GROUPS, ITEMS
 from agent.params import parameter_specs
-from tests.platform_hooks import cluster_json
+from tests.harness.platform_hooks import cluster_json
 
 PLATFORM = PROJECT_ROOT / "platform"
 

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 
-from tests.foundation_trees import add_serving_node, single_node_tree
-from tests.metad_double import MetadDouble
-from tests.node import Node, predict, wait_for
+from tests.harness.foundation_trees import add_serving_node, single_node_tree
+from tests.harness.metad_double import MetadDouble
+from tests.harness.node import Node, predict, wait_for
 
 
 def cmd_log(data_dir: Path) -> list[str]:

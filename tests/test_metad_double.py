@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.metad_double import MetadDouble
+from tests.harness.metad_double import MetadDouble
 
 CLUSTER = {
     "cluster": {"cluster_id": "cl-1"},

@@ -10,8 +10,8 @@ import pytest
 
 from agent.metadata import open_source
 from agent.metadata.metad import MetadSource, parse_endpoints
-from tests.metad_double import MetadDouble
-from tests.source_follower import SourceProcess, follow  # noqa: F401 (fixture)
+from tests.harness.metad_double import MetadDouble
+from tests.harness.source_follower import SourceProcess, follow  # noqa: F401 (fixture)
 
 
 def cluster(*nodes: tuple[str, str], model: str = "resnet") -> dict:

@@ -2,7 +2,7 @@
 line, environment file and data path, restart after kill -9, stop and start through the
 platform's hooks, health and monitor, seeding, and a missing `minio` binary.
 
-MinIO cannot be installed here: `minio` is the test double in tests/minio_double/
+MinIO cannot be installed here: `minio` is the test double in tests/harness/minio_double/
 (the package's local S3 stand-in: real S3 from moto) unless a real MinIO is on PATH."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import stat
 import psutil
 import pytest
 
-from agent.hooks import ExitCode
-from tests.node import Node, http, wait_for
-from tests.platform_hooks import repo_node_tree, run_hook
-from tests.repo_support import (  # noqa: F401  (minio_on_path: fixture)
+from agent.commands.hook import ExitCode
+from tests.harness.node import Node, http, wait_for
+from tests.harness.platform_hooks import repo_node_tree, run_hook
+from tests.harness.repo_support import (  # noqa: F401  (minio_on_path: fixture)
     ACCESS_KEY, REPO_ENV, SECRET_KEY, is_minio_double, minio_on_path, path_without_minio, repo_client,
 )
 

@@ -12,11 +12,11 @@ import json
 
 import pytest
 
-from agent.commands_cli.up import cluster_trees
-from agent.control import request
-from tests.load import GrpcLoad, Load
-from tests.node import Node, http, predict, wait_for
-from tests.serving_support import copy_builtin
+from agent.commands.up import cluster_trees
+from agent.clients.control import request
+from tests.harness.load import GrpcLoad, Load
+from tests.harness.node import Node, http, predict, wait_for
+from tests.harness.serving_support import copy_builtin
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import pytest
 
 from agent.errors import InvalidMetadata
 from agent.paths import Paths
-from agent.plan import make_plan
+from agent.pipeline.plan import make_plan
 from agent.serving.config import parse_models_config
 from agent.state import parse_cluster_state
-from tests.foundation_trees import single_node_tree
+from tests.harness.foundation_trees import single_node_tree
 
 
 def state_of(**env):
@@ -79,7 +79,7 @@ def test_models_config_carries_policies_and_labels_as_the_server_reads_them(tmp_
         "model.version.labels": "resnet: stable=3,canary=4",
         "model.canary.percent": "20",
     })
-    plan = make_plan(state, Paths(tmp_path), tree)
+    plan = make_plan(state, Paths(tmp_path))
     files = {f.path.name: f.content.decode() for f in plan.files}
     configs = {c.name: c for c in parse_models_config(files["models.config"])}
     assert list(configs) == ["half_plus_two", "digits", "resnet"]
@@ -96,8 +96,8 @@ def test_models_config_carries_policies_and_labels_as_the_server_reads_them(tmp_
 
 def test_envoy_health_checks_the_model_kept_while_models_come_and_go(tmp_path):
     state, tree = state_of(**{"model.name": "a, b, c"})
-    cds = next(f for f in make_plan(state, Paths(tmp_path), tree).files if f.path.name == "cds.yaml").content.decode()
+    cds = next(f for f in make_plan(state, Paths(tmp_path)).files if f.path.name == "cds.yaml").content.decode()
     assert '"/v1/models/a"' in cds
-    cds = next(f for f in make_plan(state, Paths(tmp_path), tree, health_model="b").files
+    cds = next(f for f in make_plan(state, Paths(tmp_path), health_model="b").files
                if f.path.name == "cds.yaml").content.decode()
     assert '"/v1/models/b"' in cds and '"/v1/models/a"' not in cds

@@ -76,7 +76,7 @@ def test_checksum_headers_are_read_strictly():
     assert from_headers({}) is None
 
 
-@pytest.mark.parametrize("module", ["agent.modelstore.sync", "agent.modelstore.cli", "agent.modelstore.syncer",
+@pytest.mark.parametrize("module", ["agent.modelstore.sync", "agent.commands.sync", "agent.modelstore.syncer",
                                     "agent.modelstore.push"])
 def test_the_sync_and_push_modules_load_without_boto3(module):
     code = f"import sys, {module}; sys.exit(1 if 'boto3' in sys.modules or 'botocore' in sys.modules else 0)"

@@ -11,7 +11,7 @@ import urllib.request
 
 import boto3
 import pytest
-from s3_fault_proxy_double import FaultProxyDouble
+from tests.harness.s3_fault_proxy_double import FaultProxyDouble
 from test_modelstore_support import (  # noqa: F401  (fixtures)
     ACCESS_KEY,
     SECRET_KEY,

@@ -250,7 +250,7 @@ def test_a_complete_version_rewritten_in_place_keeps_its_last_complete_state(tmp
 
 
 async def test_a_push_whose_upload_is_corrupted_fails_and_leaves_nothing(s3, tmp_path):
-    from s3_fault_proxy_double import FaultProxyDouble
+    from tests.harness.s3_fault_proxy_double import FaultProxyDouble
 
     client, bucket, store = s3
     src = _write(tmp_path / "src", savedmodel_files(9))

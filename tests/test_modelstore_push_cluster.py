@@ -26,10 +26,10 @@ from test_modelstore_support import (  # noqa: F401  (fixtures)
     read_tree,
 )
 
-from agent.commands_cli.up import cluster_trees
+from agent.commands.up import cluster_trees
 from agent.modelstore.listing import PUSH_MARKER
-from tests.load import Load
-from tests.node import Node, http, wait_for
+from tests.harness.load import Load
+from tests.harness.node import Node, http, wait_for
 
 pytestmark = pytest.mark.slow
 

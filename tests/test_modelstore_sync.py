@@ -11,7 +11,7 @@ import stat
 import threading
 
 import pytest
-from s3_fault_proxy_double import FaultProxyDouble
+from tests.harness.s3_fault_proxy_double import FaultProxyDouble
 from test_modelstore_support import (  # noqa: F401  (fixtures)
     MiB,
     TEST_OPTIONS,

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from agent.hooks import ExitCode
-from agent.monitor import ITEMS, RATE_WINDOW, Sampler
-from tests.node import Node, wait_for
-from tests.platform_hooks import MONITOR_LIMIT, repo_node_tree, run_hook
+from agent.commands.hook import ExitCode
+from agent.nodeops.monitor import ITEMS, RATE_WINDOW, Sampler
+from tests.harness.node import Node, wait_for
+from tests.harness.platform_hooks import MONITOR_LIMIT, repo_node_tree, run_hook
 
 
 def test_request_rate_covers_the_window_and_restarts_with_envoy():
-    sampler = Sampler(agent=None)
+    sampler = Sampler(view=None)
     assert sampler.requests_per_second() == 0.0
     sampler.record(100.0, 1000)
     assert sampler.requests_per_second() == 0.0  # one reading is no rate

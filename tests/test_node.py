@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from agent.serving.config import parse_models_config
-from tests.foundation_trees import add_serving_node, single_node_tree
-from tests.node import Node, http, predict, rendered, wait_for
+from tests.harness.foundation_trees import add_serving_node, single_node_tree
+from tests.harness.node import Node, http, predict, rendered, wait_for
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from agent import PROJECT_ROOT
 from agent.serving.builtin_models import digits_data
-from tests.conftest import allocate_loopback_ip
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, predict, wait_for
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, predict, wait_for
 
 X = np.array([1.0, 2.0, 5.0], dtype=np.float32)
 EXPECTED = [2.5, 3.0, 4.5]

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from agent import PROJECT_ROOT, __version__
-from agent.hooks import HOOKS, ExitCode
-from tests.conftest import NODE_PORTS, _ip_is_free
-from tests.foundation_trees import single_node_tree, write_tree
-from tests.node import http, predict, wait_for
-from tests.platform_hooks import INSTALL_PREFIX, cluster_json, service
+from agent.commands.hook import HOOKS, ExitCode
+from tests.harness.addresses import NODE_PORTS, _ip_is_free
+from tests.harness.foundation_trees import single_node_tree, write_tree
+from tests.harness.node import http, predict, wait_for
+from tests.harness.platform_hooks import INSTALL_PREFIX, cluster_json, service
 
 PREDICTION = {"predictions": [2.5, 3.0, 4.5]}
 BASE_SITE = sysconfig.get_paths()["purelib"]

@@ -1,4 +1,4 @@
-"""Rendering: confd lookups, Envoy's files, models.config, and Envoy accepting them."""
+"""Rendering: Envoy's files, models.config, and Envoy accepting them."""
 
 from __future__ import annotations
 
@@ -7,36 +7,12 @@ import asyncio
 import pytest
 import yaml
 
-from agent.envoy import check_staged
 from agent.files import CheckFailed, stage
 from agent.paths import Paths
-from agent.render import TreeLookup, render_envoy, render_models_config, render_template
+from agent.pipeline.envoy import check_staged
+from agent.pipeline.render import render_envoy, render_models_config
 from agent.state import normalize_tree, parse_cluster_state
-from tests.foundation_trees import add_serving_node, single_node_tree
-
-
-def test_confd_lookups_follow_confd_semantics():
-    t = TreeLookup(normalize_tree({
-        "env": {"model.name": "resnet", "http.port": 8080},
-        "hosts": {"model_serving": {"i-b": {"ip": "10.0.0.2"}, "i-a": {"ip": "10.0.0.1"}}},
-    }))
-    assert t.getv("/env/model.name") == "resnet"  # a dot is not a separator
-    assert t.getv("/env/missing", "dflt") == "dflt"
-    with pytest.raises(KeyError):
-        t.getv("/env/missing")
-    assert t.exists("/hosts/model_serving") and not t.exists("/nope")
-    assert t.ls("/hosts/model_serving") == ["i-a", "i-b"]
-    assert t.lsdir("/hosts") == ["model_serving"] and t.lsdir("/env") == []
-    assert t.getvs("/hosts/model_serving/*/ip") == ["10.0.0.1", "10.0.0.2"]
-    assert t.gets("/env/*") == [{"key": "/env/http.port", "value": "8080"}, {"key": "/env/model.name", "value": "resnet"}]
-
-
-def test_templates_can_use_confd_lookups_on_the_raw_tree(tmp_path, monkeypatch):
-    (tmp_path / "t.j2").write_text('{{ getv("/env/model.name") }} {{ ls("/hosts/model_serving") | join(",") }}')
-    import agent.render as render
-
-    monkeypatch.setattr(render._ENV, "loader", __import__("jinja2").FileSystemLoader(tmp_path))
-    assert render_template("t.j2", normalize_tree(single_node_tree())) == "half_plus_two i-local01"
+from tests.harness.foundation_trees import add_serving_node, single_node_tree
 
 
 def test_envoy_files_route_to_every_active_serving_node(tmp_path):

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from agent.commands_cli.up import cluster_trees
-from tests.load import Load
-from tests.node import Node, http, predict, wait_for
-from tests.repo_support import REPO_ENV, half_plus, minio_on_path, push_version, repo_client  # noqa: F401
+from agent.commands.up import cluster_trees
+from tests.harness.load import Load
+from tests.harness.node import Node, http, predict, wait_for
+from tests.harness.repo_support import REPO_ENV, half_plus, minio_on_path, push_version, repo_client  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.metrics import Metrics
-from agent.selfcmd import CommandRunner
+from agent.nodeops.selfcmd import CommandRunner
 from agent.state import Command
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (\S+) \[(executing|successful|failed\d+)\]: (.*)$")

@@ -21,8 +21,8 @@ from agent.serving.loader import load_servable
 from agent.serving.protos import error_codes_pb2 as codes
 from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
 from agent.serving.runtime import RuntimeOptions
-from tests.node import wait_for
-from tests.serving_support import Server, pair_model, write_config
+from tests.harness.node import wait_for
+from tests.harness.serving_support import Server, pair_model, write_config
 
 K = 3
 

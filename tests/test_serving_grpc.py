@@ -18,8 +18,8 @@ from agent.serving.protos import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from tests.node import wait_for
-from tests.serving_support import Server, copy_builtin, jpeg_bytes, predict_half_plus_two, write_config
+from tests.harness.node import wait_for
+from tests.harness.serving_support import Server, copy_builtin, jpeg_bytes, predict_half_plus_two, write_config
 
 OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from agent.serving import versions
-from tests.serving_support import (
+from tests.harness.serving_support import (
     Server,
     copy_builtin,
     predict_half_plus_two,

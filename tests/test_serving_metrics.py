@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from agent.serving import tensors
 from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
-from tests.node import http
-from tests.serving_support import Server, copy_builtin, write_config
+from tests.harness.node import http
+from tests.harness.serving_support import Server, copy_builtin, write_config
 
 PATH = "/monitoring/prometheus/metrics"
 

@@ -24,8 +24,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from agent.serving.builtin_models import digits_data
-from tests.node import http, wait_for
-from tests.serving_support import Server, copy_builtin, echo_model, predict_half_plus_two, write_config
+from tests.harness.node import http, wait_for
+from tests.harness.serving_support import Server, copy_builtin, echo_model, predict_half_plus_two, write_config
 
 X = np.array([1.0, 2.0, 5.0], dtype=np.float32)
 EXPECTED = [2.5, 3.0, 4.5]

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from agent.paths import Paths
-from agent.plan import MODEL_SERVER, make_plan
+from agent.pipeline.plan import make_plan
+from agent.processes.names import MODEL_SERVER
 from agent.state import parse_cluster_state
-from tests.foundation_trees import single_node_tree
+from tests.harness.foundation_trees import single_node_tree
 from tests.test_state import problems
 
 
@@ -33,7 +34,7 @@ def test_each_serving_parameter_rule_is_reported_by_name(env, expected):
 
 
 def _server_argv(tree: dict, tmp_path) -> list[str]:
-    plan = make_plan(parse_cluster_state(tree), Paths(tmp_path), tree, ("half_plus_two",))
+    plan = make_plan(parse_cluster_state(tree), Paths(tmp_path), ("half_plus_two",))
     (spec,) = [p for p in plan.processes if p.name == MODEL_SERVER]
     return list(spec.argv)
 

@@ -13,8 +13,8 @@ import pytest
 
 from agent.serving import tensors
 from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
-from tests.node import wait_for
-from tests.serving_support import Server, copy_builtin, write_config
+from tests.harness.node import wait_for
+from tests.harness.serving_support import Server, copy_builtin, write_config
 
 SECRET = "Bearer tok-9f8e7d6c5b4a"
 

@@ -9,7 +9,7 @@ import base64
 import numpy as np
 import pytest
 
-from tests.serving_support import (
+from tests.harness.serving_support import (
     Server,
     copy_builtin,
     echo_model,

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.console import start_console
 from agent.metrics import Metrics
 from agent.paths import Paths
-from tests.serving_support import Server, copy_builtin, write_config
+from tests.harness.serving_support import Server, copy_builtin, write_config
 from tests.test_console import CONSOLE_PORT, agent_status, make_context
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "savedmodels"

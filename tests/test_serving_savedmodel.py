@@ -24,9 +24,9 @@ from agent.serving.protos import (
     regression_pb2,
 )
 from agent.serving.runtime import RuntimeOptions
-from tests.conftest import allocate_loopback_ip
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, wait_for
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, wait_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "savedmodels"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())["models"]
@@ -212,7 +212,7 @@ def test_a_signature_that_cannot_be_served_says_why_by_name(node):
 
 def test_tflite_is_served_on_openvino(tmp_path):
     """The same half_plus_two converted by TensorFlow to TFLite answers as TensorFlow did."""
-    from tests.serving_support import Server, write_config
+    from tests.harness.serving_support import Server, write_config
 
     config = tmp_path / "models.config"
     write_config(config, [{"name": "lite", "base_path": FIXTURES.parent / "tflite" / "half_plus_two"}])

@@ -26,10 +26,10 @@ from agent.serving.protos import (
     regression_pb2,
     types_pb2,
 )
-from tests.conftest import allocate_loopback_ip
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, wait_for
-from tests.serving_support import Server, write_config
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, wait_for
+from tests.harness.serving_support import Server, write_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf1"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())

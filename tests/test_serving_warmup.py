@@ -12,8 +12,8 @@ import pytest
 
 from agent.serving import tensors
 from agent.serving.protos import prediction_log_pb2
-from tests.node import wait_for
-from tests.serving_support import Server, write_config
+from tests.harness.node import wait_for
+from tests.harness.serving_support import Server, write_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "savedmodels"
 

@@ -6,7 +6,7 @@ import pytest
 
 from agent.errors import InvalidMetadata
 from agent.state import Role, normalize_tree, parse_cluster_state
-from tests.foundation_trees import add_serving_node, single_node_tree
+from tests.harness.foundation_trees import add_serving_node, single_node_tree
 
 
 def problems(tree: dict) -> list[str]:

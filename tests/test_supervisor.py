@@ -11,7 +11,7 @@ import sys
 import psutil
 
 from agent.metrics import Metrics
-from agent.supervisor import ProcessSpec, Supervisor
+from agent.processes.supervisor import ProcessSpec, Supervisor
 
 SLEEPER = (sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)")
 
@@ -70,7 +70,7 @@ import asyncio, sys
 from pathlib import Path
 from agent import log
 from agent.metrics import Metrics
-from agent.supervisor import ProcessSpec, Supervisor
+from agent.processes.supervisor import ProcessSpec, Supervisor
 log.setup("warning")
 async def main():
     sup = Supervisor(Path({str(tmp_path)!r}), Metrics())

@@ -3,7 +3,7 @@
 mode the node's processes become units driven through systemctl.
 
 No systemd runs as PID 1 here: the sd_notify side is the real protocol on a real
-datagram socket; systemctl is a test double (tests/systemctl_double.py)."""
+datagram socket; systemctl is a test double (tests/harness/systemctl_double.py)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 
 from agent import PROJECT_ROOT
-from agent.supervisor import ProcessSpec
-from agent.systemd import (
+from agent.processes.supervisor import ProcessSpec
+from agent.processes.systemd import (
     BUILTIN_SERVER_UNIT, ENVOY_UNIT, TFSERVING_UNIT, SystemdUnits, env_file_content, memory_max, notify,
     watchdog_interval,
 )
-from tests.foundation_trees import write_tree
-from tests.platform_hooks import repo_node_tree
-from tests.repo_support import ACCESS_KEY, REPO_ENV, SECRET_KEY, minio_on_path  # noqa: F401  (fixture)
+from tests.harness.foundation_trees import write_tree
+from tests.harness.platform_hooks import repo_node_tree
+from tests.harness.repo_support import ACCESS_KEY, REPO_ENV, SECRET_KEY, minio_on_path  # noqa: F401  (fixture)
 
 UNITS_DIR = PROJECT_ROOT / "systemd"
 UNIT_FILES = sorted(UNITS_DIR.glob("*.service"))
@@ -150,7 +150,7 @@ def systemctl(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("SYSTEMCTL_DOUBLE_DIR", str(home))
     script = home / "systemctl"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_ROOT / 'tests' / 'systemctl_double.py'} \"$@\"\n")
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {PROJECT_ROOT / 'tests' / 'harness' / 'systemctl_double.py'} \"$@\"\n")
     script.chmod(0o755)
 
     def calls() -> list[list[str]]:
@@ -210,14 +210,14 @@ async def test_systemd_mode_writes_private_command_lines_and_restarts_only_chang
 async def test_systemd_mode_runs_minio_with_its_credentials_only_in_the_private_env_file(
         tmp_path, systemctl, minio_on_path, node_ip):
     from agent.paths import Paths
-    from agent.plan import make_plan
+    from agent.pipeline.plan import make_plan
+    from agent.processes.systemd import MINIO_UNIT
     from agent.state import parse_cluster_state, normalize_tree
-    from agent.systemd import MINIO_UNIT
 
     script, calls = systemctl
     paths = Paths(tmp_path / "data")
     state = parse_cluster_state(normalize_tree(repo_node_tree(node_ip, **REPO_ENV)))
-    plan = make_plan(state, paths, None, ())
+    plan = make_plan(state, paths, ())
     minio = next(p for p in plan.processes if p.name == "minio")
     env_file = next(f for f in plan.files if f.path == paths.conf / "minio.env")
     assert env_file.mode == 0o600 and plan.problems == ()
@@ -248,7 +248,7 @@ def test_memory_max_leaves_room_for_the_agent_and_envoy():
 
 
 def test_systemd_mode_is_chosen_by_the_agent_unit(monkeypatch, tmp_path):
-    from agent.systemd import systemd_mode
+    from agent.processes.systemd import systemd_mode
 
     monkeypatch.delenv("INFERENCE_AGENT_PROCESS_MANAGER", raising=False)
     assert not systemd_mode()
@@ -257,7 +257,7 @@ def test_systemd_mode_is_chosen_by_the_agent_unit(monkeypatch, tmp_path):
 
 
 async def test_keep_watchdog_pings_only_while_the_agent_works(tmp_path, monkeypatch):
-    from agent.systemd import keep_watchdog
+    from agent.processes.systemd import keep_watchdog
 
     sock, path = _datagram_socket(tmp_path)
     monkeypatch.setenv("NOTIFY_SOCKET", path)

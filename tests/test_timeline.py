@@ -9,10 +9,10 @@ import tracemalloc
 
 import pytest
 
-from agent.sampler import parse_serving_metrics
+from agent.console.sampler import parse_serving_metrics
 from agent.serving.metrics import ServingMetrics
 from agent.serving.protos import error_codes_pb2 as codes
-from agent.timeline import MAX_EVENT_TEXT, Counters, Point, Rates, Timeline, quantile, rates, total
+from agent.console.timeline import MAX_EVENT_TEXT, Counters, Point, Rates, Timeline, quantile, rates, total
 
 
 def test_quantiles_interpolate_within_the_bucket_as_prometheus_does():

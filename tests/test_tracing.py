@@ -13,10 +13,10 @@ import urllib.request
 
 import yaml
 
-from tests.conftest import allocate_loopback_ip
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, wait_for
-from tests.otlp_receiver_double import OtlpReceiverDouble
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, wait_for
+from tests.harness.otlp_receiver_double import OtlpReceiverDouble
 
 DIGITS_BODY = json.dumps({"instances": [[0.0] * 64]}).encode()
 

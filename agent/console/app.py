@@ -17,6 +17,7 @@ from agent.console.auth import challenge, credentials_ok
 from agent.console.context import ConsoleContext
 from agent.console.guard import ConnectionGuard, GuardedSite, LoginThrottle, allowed_hosts, host_check, mark_request
 from agent.console.pages import CLOSING, CTX, EXECUTOR, JINJA, SESSION, STATIC, make_jinja
+from agent.ports import CONSOLE_PORT
 
 log = agent_log.get(__name__)
 
@@ -137,7 +138,7 @@ def create_app(ctx: ConsoleContext, hosts: frozenset[str] | None = None) -> web.
     return app
 
 
-async def start_console(ctx: ConsoleContext, host: str, port: int = 8090,
+async def start_console(ctx: ConsoleContext, host: str, port: int = CONSOLE_PORT,
                         ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """Serve the console on host:port (HTTPS with `ssl_context`); the caller owns the runner."""
     runner = web.AppRunner(create_app(ctx, allowed_hosts(host)), access_log=None, shutdown_timeout=2.0,

@@ -1,4 +1,4 @@
-"""The live charts' data: the agent's timeline (agent/timeline.py) as columns, for the
+"""The live charts' data: the agent's timeline (agent/console/timeline.py) as columns, for the
 Cluster and Models pages' scripts (static/charts.js) to draw with the vendored uPlot."""
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.clients.envoy_admin import EnvoyHost, EnvoyView, envoy_clusters
 from agent.console.pages import CTX, SESSION, render, safe_status
-from agent.console.upstreams import EnvoyHost, EnvoyView, envoy_clusters
 
 routes = web.RouteTableDef()
 

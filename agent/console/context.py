@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from agent.metrics import Metrics
 from agent.paths import Paths
-from agent.timeline import Timeline
+from agent.console.timeline import Timeline
 
 
 @dataclass

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from agent import log as agent_log
+from agent.clients.envoy_admin import AnswerTooLarge, fetch_raw
 from agent.console.pages import CTX, SESSION
 
 log = agent_log.get(__name__)
@@ -82,14 +83,10 @@ async def _fetch(request: web.Request, admin_path: str, params: dict[str, str]) 
     """GET an admin path on the node's Envoy: (status, body, content type); 502 when it fails."""
     url = request.app[CTX].envoy_admin_url.rstrip("/") + admin_path
     try:
-        async with request.app[SESSION].get(url, params=params, timeout=TIMEOUT, allow_redirects=False) as resp:
-            chunks, size = [], 0
-            async for chunk in resp.content.iter_chunked(256 * 1024):  # read() may stop at any chunk
-                size += len(chunk)
-                if size > MAX_BODY:
-                    raise web.HTTPBadGateway(text=f"502: Envoy's answer is larger than {MAX_BODY} bytes")
-                chunks.append(chunk)
-            return resp.status, b"".join(chunks), resp.content_type
+        return await fetch_raw(request.app[SESSION], request.app[CTX].envoy_admin_url, admin_path, params,
+                               MAX_BODY, TIMEOUT)
+    except AnswerTooLarge as e:
+        raise web.HTTPBadGateway(text=f"502: {e}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
         log.debug("envoy admin unreachable", url=url, error=repr(e))
         raise web.HTTPBadGateway(text=f"502: Envoy admin unreachable ({type(e).__name__})") from None

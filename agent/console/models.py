@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
 
+from agent.clients.model_server import ModelServerView, model_status
 from agent.console.files import list_dir, scan_models
 from agent.console.pages import CTX, SESSION, blocking, render, resolve, safe_status, stream_file
-from agent.console.upstreams import ModelServerView, model_status
 
 MAX_MODELS_ASKED = 32  # model server calls per page
 

@@ -12,6 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol
 
+# Where a node's metadata comes from when nothing else is said: the platform's metadata
+# service (metad), as `--metadata` of `run` and of the hooks.
+DEFAULT_SOURCE = "http://metadata/"
+
 
 @dataclass(frozen=True)
 class Snapshot:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.state import MINIO_PORT, ClusterState
+from agent.ports import MINIO_PORT
+from agent.state import ClusterState
 
 StoreKind = Literal["minio", "ois"]
 

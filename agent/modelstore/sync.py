@@ -14,7 +14,6 @@ import asyncio
 import fcntl
 import functools
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +33,11 @@ from agent.modelstore.progress import Progress, ProgressCallback
 from agent.modelstore.staging import Job, cleanup_staging, files_present, plan_versions
 from agent.modelstore.transfer import Transfer
 from agent.modelstore.transport import Transport, transport_for
+from agent.modelspec import valid_model_name
 
 log = agent_log.get(__name__)
 
 PROGRESS_INTERVAL = 0.2
-# model.name's rule in config_schema.json.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -89,7 +87,7 @@ async def sync_model(
     options = options or SyncOptions()
     started = time.monotonic()
     result = SyncResult(model=model_name, source=f"{store.location} ({store.model_prefix(model_name)})")
-    if not MODEL_NAME.match(model_name):  # it becomes a directory name: no '..', no '/'
+    if not valid_model_name(model_name):  # it becomes a directory name: no '..', no '/'
         result.error = f"invalid model name {model_name!r} (letters, digits, '.', '_', '-'; not starting with '.')"
         return result
     mdir = ModelDir(Path(models_root) / model_name)

@@ -38,7 +38,7 @@ def server_argv(
     """The command that runs the model server of `backend` on models_config.
 
     tensorflow_model_server has no bind-address flag: it listens on every address; nor
-    an admin socket or a models root (agent/serving/admin.py). `builtin_flags` (runtime,
+    an admin socket or a models root (agent/clients/model_server_admin.py). `builtin_flags` (runtime,
     precision, batching, compile cache) go to the built-in server only."""
     common = [
         f"--port={grpc_port}",

@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 
 import agent.log
+from agent.ports import SERVING_GRPC_PORT, SERVING_REST_PORT
 from agent.serving.batching import BatchingOptions, BatchingServable, batch_graphs
 from agent.serving.canary import TrafficError, read_traffic
 from agent.serving.config import ConfigError, ModelConfig, VersionPolicy, confine, parse_models_config
@@ -45,8 +46,8 @@ class ServerOptions:
     """What `inference-agent serve` was asked for (TF Serving's flags)."""
 
     host: str = "0.0.0.0"
-    grpc_port: int = 8500
-    rest_port: int = 8501
+    grpc_port: int = SERVING_GRPC_PORT
+    rest_port: int = SERVING_REST_PORT
     models_config: Path | None = None
     # The canary split per model (agent/serving/canary.py), reread with models_config.
     traffic_file: Path | None = None

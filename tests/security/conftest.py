@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, predict
-from tests.conftest import allocate_loopback_ip
+from tests.harness.addresses import allocate_loopback_ip
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, predict
 
 # The model server's resident memory after any single attack. Its baseline (Python,
 # ONNX Runtime, the seed models) is ~150-250 MiB; every request limit keeps one hostile

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from agent.lifecycle import DRIFT_HEALTHCHECK_FAILED, DRIFT_LISTENERS_DRAINED
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, predict, wait_for
+from agent.nodeops.drift import DRIFT_HEALTHCHECK_FAILED, DRIFT_LISTENERS_DRAINED
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, predict, wait_for
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_logs_of_other_processes_rotate_and_writers_keep_writing(tmp_path):
         for i in range(300):
             writer.stdin.write(f"before {i} {'y' * 60}\n")
         writer.stdin.flush()
-        from tests.node import wait_for
+        from tests.harness.node import wait_for
         wait_for(lambda: target.stat().st_size > 20000, 10, what="the writer's lines")
         assert log.rotate_owned_logs(tmp_path, max_bytes=10000, backups=3) == ["tensorflow_serving.log"]
         writer.stdin.write("after\n")

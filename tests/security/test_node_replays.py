@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from agent import limits
-from tests.node import http, wait_for
+from tests.harness.node import http, wait_for
 from tests.security.attacks import http_raw
 
 CONSOLE = 8090

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from agent import limits
+from tests.harness.node import wait_for
+from tests.harness.serving_support import Server, copy_builtin, image_model, predict_half_plus_two, write_config
 from tests.security.attacks import http_raw
 from tests.security.conftest import RSS_BOUND
-from tests.node import wait_for
-from tests.serving_support import Server, copy_builtin, image_model, predict_half_plus_two, write_config
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from agent import limits
 from agent.serving.protos import predict_pb2
 from agent.serving.tensors import from_ndarray_content
-from tests.node import http, wait_for
+from tests.harness.node import http, wait_for
 from tests.security.attacks import (
     deep_json,
     grpc_call,

@@ -15,8 +15,8 @@ import pytest
 
 from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
 from agent.serving.tensors import from_ndarray
-from tests.foundation_trees import single_node_tree
-from tests.node import Node, http, wait_for
+from tests.harness.foundation_trees import single_node_tree
+from tests.harness.node import Node, http, wait_for
 
 
 def _self_signed(ip: str, directory) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agent.modelstore.listing import VERSION_RE
 from agent.serving.versions import MAX_VERSION, QUIET_SECONDS, discover, parse_version
-from tests.node import wait_for
+from tests.harness.node import wait_for
 
 
 def test_the_rule():

@@ -1,1 +1,0 @@
-"""Subcommands of the node agent itself (run, up, render, validate, status)."""

@@ -1,0 +1,1 @@
+"""The inbound pipeline: snapshot -> typed state -> plan -> render -> stage, check, rename."""

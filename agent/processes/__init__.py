@@ -1,0 +1,1 @@
+"""Process management: the supervisor, systemd units, and the processes held across restarts."""
