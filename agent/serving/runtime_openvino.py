@@ -9,13 +9,14 @@ server's compile cache directory, so a restart skips compilation."""
 
 from __future__ import annotations
 
-import functools
 import queue
+import threading
 from pathlib import Path
 
 import numpy as np
 
 import agent.log
+from agent.serving import openvino_lib
 from agent.serving.errors import internal, invalid_argument
 from agent.serving.runtime import RuntimeOptions
 from agent.serving.servable import SIGNATURES_FILE, SIGNATURES_KEY, LoadError, Servable, TensorSpec, build_signatures
@@ -26,21 +27,21 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
-@functools.cache
-def _core(cache_dir: str | None):
-    """One OpenVINO Core per cache directory (Core is thread-safe)."""
-    import openvino
-
-    core = openvino.Core()
-    if cache_dir:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        core.set_property({"CACHE_DIR": cache_dir})
-    return core
+_cores: dict[str | None, object] = {}
+_cores_lock = threading.Lock()  # two first loads must not make (and race on) two Cores
 
 
 def core_for(options: RuntimeOptions):
-    """The OpenVINO Core for these options."""
-    return _core(str(options.cache_dir) if options.cache_dir else None)
+    """The OpenVINO Core for these options: one per cache directory (a Core is thread-safe)."""
+    cache_dir = str(options.cache_dir) if options.cache_dir else None
+    with _cores_lock:
+        if cache_dir not in _cores:
+            core = openvino_lib.load().Core()
+            if cache_dir:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                core.set_property({"CACHE_DIR": cache_dir})
+            _cores[cache_dir] = core
+        return _cores[cache_dir]
 
 
 def compile_config(options: RuntimeOptions) -> dict:

@@ -243,9 +243,9 @@ def load_tf1_signatures(export_dir: Path, core=None) -> Tf1Load:
 
     Blocking (converts graphs): call it from an executor. LoadError when no signature can be served."""
     if core is None:
-        import openvino
+        from agent.serving import openvino_lib
 
-        core = openvino.Core()
+        core = openvino_lib.load().Core()
     export_dir = Path(export_dir)
     meta_graph = read_meta_graph(export_dir)
     result = Tf1Load(signature_defs=dict(meta_graph.signature_def))
