@@ -55,6 +55,19 @@ class LoadResult:
     ok: int = 0
     failures: collections.Counter = field(default_factory=collections.Counter)
     latencies: list[float] = field(default_factory=list)
+    completed_at: list[float] = field(default_factory=list)  # time.monotonic() of each success
+
+    def succeeded(self, started: float) -> None:
+        """Count one success of a request sent at `started`."""
+        now = time.monotonic()
+        self.ok += 1
+        self.latencies.append(now - started)
+        self.completed_at.append(now)
+
+    def rate_over(self, seconds: float) -> float:
+        """Successes per second over the last `seconds` (all of them, load or not)."""
+        since = time.monotonic() - seconds
+        return sum(1 for t in self.completed_at if t > since) / seconds
 
     @property
     def failed(self) -> int:
@@ -94,8 +107,7 @@ class Load:
                     elif self.check_body and not self._right(json.loads(body), check):
                         self.result.failures[f"wrong body {body[:80]!r}"] += 1
                     else:
-                        self.result.ok += 1
-                        self.result.latencies.append(time.monotonic() - started)
+                        self.result.succeeded(started)
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 self.result.failures[type(e).__name__] += 1
                 await asyncio.sleep(0.01)
@@ -149,8 +161,7 @@ class GrpcLoad(Load):
                     await asyncio.sleep(0.01)
                     continue
                 if check(response):
-                    self.result.ok += 1
-                    self.result.latencies.append(time.monotonic() - started)
+                    self.result.succeeded(started)
                 else:
                     self.result.failures["wrong answer"] += 1
 
