@@ -27,7 +27,7 @@ from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
 from agent.serving.tensors import from_ndarray
 from tests.harness.addresses import allocate_loopback_ip
 from tests.harness.foundation_trees import single_node_tree
-from tests.harness.node import Node, http, wait_for
+from tests.harness.node import Node, http, until, wait_for
 from tests.harness.serving_support import copy_builtin
 
 MODEL = "half_plus_two"
@@ -297,24 +297,15 @@ async def test_changing_to_fifty_percent_applies_live_under_load_with_no_failed_
         tasks = [asyncio.create_task(rest_loop(session)) for _ in range(4)]
         tasks += [asyncio.create_task(grpc_loop(stub)) for _ in range(2)]
         try:
-            await _until(lambda: sum(clients.versions.values()) >= 300, 60, "load under way")
+            await until(lambda: sum(clients.versions.values()) >= 300, 60, "load under way")
             tree = copy.deepcopy(node.tree)
             tree["env"]["model.canary.percent"] = "50"
             node.update(tree)
-            await _until(lambda: _served_percent(node) == 50, 60, "the model server splitting 50 %")
+            await until(lambda: _served_percent(node) == 50, 60, "the model server splitting 50 %")
             changed.set()
-            await _until(lambda: sum(after.values()) >= 1000, 120, "1000 requests at 50 %")
+            await until(lambda: sum(after.values()) >= 1000, 120, "1000 requests at 50 %")
         finally:
             stop.set()
             await asyncio.gather(*tasks)
     assert not clients.failures, clients.failures
     assert abs(_share(after) - 0.50) <= TOLERANCE, after
-
-
-async def _until(condition, timeout: float, what: str) -> None:
-    """Wait (without blocking the loop) until `condition()` holds, within `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(condition):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)

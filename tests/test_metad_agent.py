@@ -11,17 +11,12 @@ from pathlib import Path
 
 from tests.harness.foundation_trees import add_serving_node, single_node_tree
 from tests.harness.metad_double import MetadDouble
-from tests.harness.node import Node, predict, wait_for
+from tests.harness.node import Node, predict, until
 
 
 def cmd_log(data_dir: Path) -> list[str]:
     path = data_dir / "logs" / "cmd.log"
     return path.read_text().splitlines() if path.exists() else []
-
-
-async def until(condition, timeout: float, what: str):
-    """wait_for in a thread: the metad double serves from this event loop meanwhile."""
-    return await asyncio.to_thread(wait_for, condition, timeout, 0.01, what)
 
 
 async def test_outage_catch_up_and_restart_from_the_last_good_tree(node_ip, ip_factory, data_dir):

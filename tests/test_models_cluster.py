@@ -15,7 +15,7 @@ import pytest
 from agent.commands.up import cluster_trees
 from agent.clients.control import request
 from tests.harness.load import GrpcLoad, Load
-from tests.harness.node import Node, http, predict, wait_for
+from tests.harness.node import Node, http, predict, until, wait_for
 from tests.harness.serving_support import copy_builtin
 
 pytestmark = pytest.mark.slow
@@ -65,14 +65,6 @@ def _set_models(nodes: list[Node], names: str) -> None:
         n.update(tree)
 
 
-async def _wait(condition, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(condition):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 async def test_three_models_one_removed_one_added_under_load_fails_no_request_for_the_others(nodes):
     entry = nodes[0]
     loads = [Load(entry.ip, model=OTHERS[0], concurrency=3), GrpcLoad(entry.ip, model=OTHERS[1], concurrency=2),
@@ -84,12 +76,12 @@ async def test_three_models_one_removed_one_added_under_load_fails_no_request_fo
 
         # Removed: the first model, the one every Envoy health-checks on.
         _set_models(nodes, ", ".join(OTHERS))
-        await _wait(lambda: all(_states(n.ip, FIRST) == {} for n in nodes), 60, f"{FIRST} unloaded everywhere")
+        await until(lambda: all(_states(n.ip, FIRST) == {} for n in nodes), 60, f"{FIRST} unloaded everywhere")
         await asyncio.gather(*(load.wait_requests(50) for load in loads))
 
         # Added.
         _set_models(nodes, ", ".join((*OTHERS, ADDED)))
-        await _wait(lambda: all(_states(n.ip, ADDED) == {"1": "AVAILABLE"} for n in nodes), 60,
+        await until(lambda: all(_states(n.ip, ADDED) == {"1": "AVAILABLE"} for n in nodes), 60,
                     f"{ADDED} AVAILABLE on every node")
         await asyncio.gather(*(load.wait_requests(50) for load in loads))
     finally:

@@ -31,6 +31,7 @@ from test_modelstore_support import (  # noqa: F401  (fixtures)
 from agent.metrics import Metrics
 from agent.modelstore import ModelSyncer, StoreConfig, seed_bucket, store_config_for, sync_model
 from agent.state import parse_cluster_state, normalize_tree
+from tests.harness.node import until
 
 
 def _tree(serving_ip: str, repo_ip: str | None, **env: str) -> dict:
@@ -62,14 +63,6 @@ def test_store_config_from_metadata(ip_factory):
     assert ois.model_prefix("mnist") == "repo/mnist/"
 
 
-async def _wait(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 async def test_syncer_syncs_on_change_periodically_and_reports_status(s3, tmp_path):
     client, bucket, store = s3
     upload_version(client, bucket, "repo/mnist/", 1, savedmodel_files(1))
@@ -86,7 +79,7 @@ async def test_syncer_syncs_on_change_periodically_and_reports_status(s3, tmp_pa
     task = asyncio.create_task(syncer.run())
     try:
         syncer.update(store, "mnist", 1)
-        await _wait(lambda: len(results) == 1)
+        await until(lambda: len(results) == 1, 15)
         assert numeric_versions(tmp_path / "mnist") == [1]
         status = syncer.status()
         assert status["state"] == "idle" and status["versions"] == [1] and status["last_error"] is None
@@ -96,26 +89,26 @@ async def test_syncer_syncs_on_change_periodically_and_reports_status(s3, tmp_pa
         # The same parameters again (every snapshot calls update): no extra sync right
         # away, the next one comes with the interval (1 s; a busy machine only delays it).
         syncer.update(store, "mnist", 1)
-        await _wait(lambda: len(results) == 2)
+        await until(lambda: len(results) == 2, 15)
         assert arrived[1] - arrived[0] >= 0.9, arrived
 
         # A version uploaded later arrives with the periodic sync.
         upload_version(client, bucket, "repo/mnist/", 2, savedmodel_files(2))
-        await _wait(lambda: numeric_versions(tmp_path / "mnist") == [1, 2])
+        await until(lambda: numeric_versions(tmp_path / "mnist") == [1, 2], 15)
 
         # A model switch syncs at once, without waiting for the interval.
         syncer.update(store, "resnet", 3600)
-        await _wait(lambda: numeric_versions(tmp_path / "resnet") == [3], timeout=5)
+        await until(lambda: numeric_versions(tmp_path / "resnet") == [3], timeout=5)
         assert syncer.status()["model"] == "resnet"
 
         # A missing model is an error in status and metrics, and nothing is deleted.
         syncer.update(store, "no-such-model", 3600)
-        await _wait(lambda: results[-1].model == "no-such-model")
+        await until(lambda: results[-1].model == "no-such-model", 15)
         assert syncer.status()["state"] == "error" and "no versions" in syncer.status()["last_error"]
         assert metrics.registry.get_sample_value("agent_model_sync_errors_total") == 1
 
         syncer.update(None, "mnist", 30)
-        await _wait(lambda: syncer.status()["state"] == "disabled")
+        await until(lambda: syncer.status()["state"] == "disabled", 15)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -136,7 +129,7 @@ async def test_a_version_still_uploading_waits_until_it_settles(s3, tmp_path):
     task = asyncio.create_task(syncer.run())
     try:
         syncer.update(store, "mnist", 3600)
-        await _wait(lambda: any(r.versions_added == [1] for r in results), timeout=10)
+        await until(lambda: any(r.versions_added == [1] for r in results), timeout=10)
         assert numeric_versions(tmp_path / "mnist") == [1]
         assert results[0].versions_pending in ([1], [])  # pending unless the upload was already 1.5 s old
     finally:
@@ -154,9 +147,9 @@ async def test_syncer_abandons_a_sync_for_a_model_no_longer_wanted(s3, tmp_path)
     task = asyncio.create_task(syncer.run())
     try:
         syncer.update(store, "big", 30)
-        await _wait(lambda: (tmp_path / "big" / ".staging" / "1.journal").exists())
+        await until(lambda: (tmp_path / "big" / ".staging" / "1.journal").exists(), 15)
         syncer.update(store, "small", 30)
-        await _wait(lambda: [r.model for r in results] == ["small"])
+        await until(lambda: [r.model for r in results] == ["small"], 15)
         assert numeric_versions(tmp_path / "small") == [1]
         assert numeric_versions(tmp_path / "big") == []  # never half-published
     finally:

@@ -5,7 +5,6 @@ local models root (s3.type none)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -29,7 +28,7 @@ from test_modelstore_support import (  # noqa: F401  (fixtures)
 from agent.commands.up import cluster_trees
 from agent.modelstore.listing import PUSH_MARKER
 from tests.harness.load import Load
-from tests.harness.node import Node, http, wait_for
+from tests.harness.node import Node, http, until
 
 pytestmark = pytest.mark.slow
 
@@ -106,10 +105,6 @@ def _start(tmp_path: Path, ips: list[str], install: bool, **env: str) -> list[No
     return nodes
 
 
-async def _wait(condition, timeout: float, what: str) -> None:
-    await asyncio.to_thread(wait_for, condition, timeout, 0.2, what)
-
-
 async def test_push_to_the_store_while_the_cluster_serves_under_load(moto_server, ip_factory, tmp_path):
     client = operator_client(moto_server.endpoint)
     bucket = new_bucket(client)
@@ -125,7 +120,7 @@ async def test_push_to_the_store_while_the_cluster_serves_under_load(moto_server
             await load.wait_requests(50)
             v2 = _version_dir(tmp_path, "v2", {"variables.bin": random_bytes(20 * MiB, 2)})  # multipart
             assert _pushed(_push(nodes[1], v2)) == 2
-            await _wait(lambda: all(_served_versions(n) == {2} for n in nodes), 90, "version 2 served everywhere")
+            await until(lambda: all(_served_versions(n) == {2} for n in nodes), 90, "version 2 served everywhere")
             await load.wait_requests(100)
 
             v3 = _version_dir(tmp_path, "v3", {f"shard-{i}.bin": random_bytes(24 * MiB, i) for i in range(6)})
@@ -136,7 +131,7 @@ async def test_push_to_the_store_while_the_cluster_serves_under_load(moto_server
             assert f"repo/half_plus_two/3/{PUSH_MARKER}" in objects()
             # Two more syncs on every node, each seeing the half-pushed version.
             after = {n.ip: _syncs(n) for n in nodes}
-            await _wait(lambda: all(_syncs(n) >= after[n.ip] + 2 for n in nodes), 60, "two more syncs")
+            await until(lambda: all(_syncs(n) >= after[n.ip] + 2 for n in nodes), 60, "two more syncs")
             await load.wait_requests(50)
         assert load.result.failed == 0, load.result
         for n in nodes:
@@ -156,7 +151,7 @@ async def test_push_to_each_local_root_while_the_cluster_serves_under_load(ip_fa
             v2 = _version_dir(tmp_path, "v2", {"variables.bin": random_bytes(20 * MiB, 2)})
             for n in nodes:
                 assert _pushed(_push(n, v2)) == 2
-            await _wait(lambda: all(_served_versions(n) == {2} for n in nodes), 60, "version 2 served everywhere")
+            await until(lambda: all(_served_versions(n) == {2} for n in nodes), 60, "version 2 served everywhere")
             await load.wait_requests(100)
 
             v3 = _version_dir(tmp_path, "v3", {"big.bin": random_bytes(256 * MiB - 1, 3)})
@@ -169,7 +164,7 @@ async def test_push_to_each_local_root_while_the_cluster_serves_under_load(ip_fa
             # The next push takes version 3 (the dead one never became a version) and is
             # served: the server scanned past the leftovers and loaded only complete versions.
             assert _pushed(_push(victim, v2)) == 3
-            await _wait(lambda: _served_versions(victim) == {3}, 60, "version 3 served")
+            await until(lambda: _served_versions(victim) == {3}, 60, "version 3 served")
             await load.wait_requests(100)
         assert load.result.failed == 0, load.result
         assert read_tree(model / "3") == read_tree(v2)

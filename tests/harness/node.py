@@ -3,6 +3,7 @@ model server) on its own loopback address."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -63,6 +64,12 @@ def wait_for(condition, timeout: float, interval: float = 0.05, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
         time.sleep(interval)
+
+
+async def until(condition, timeout: float, what: str = "condition", interval: float = 0.05):
+    """`wait_for` for async tests: it polls in a thread, so the event loop (and whatever
+    load or test double it runs) goes on meanwhile."""
+    return await asyncio.to_thread(wait_for, condition, timeout, interval, what)
 
 
 class Node:
