@@ -107,6 +107,7 @@ def test_up_with_a_repo_node_syncs_the_serving_nodes_from_it_and_stops_on_ctrl_c
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert f"model repository on {repo_ip}:9000" in err and "local S3 stand-in" in err
+    assert f"http://{serving_ip}:8080/v1/models/half_plus_two:predict" in err and "repository node: http://" in err
     assert keys[1] not in err  # the banner names the file holding the secret, not the secret
     wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
              15, 0.1, "MinIO, Envoy and the model server to stop")

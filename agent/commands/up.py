@@ -151,17 +151,22 @@ def run(args: argparse.Namespace) -> int:
             nodes.append((paths, local_node(paths, tree)))
     ips = [load_tree_file(m).get("host", {}).get("ip", "?") for _, m in nodes]
     http_port, grpc_port = public_ports(nodes[0][1])
-    print(
-        f"Inference Engine: {len(nodes)} serving node(s) on {', '.join(ips)}; data in {root.data_dir}\n"
-        f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ips[0]}:{http_port}/v1/models/half_plus_two:predict\n"
-        f"  gRPC:    {ips[0]}:{grpc_port} (tensorflow.serving.PredictionService)\n"
-        f"  console: http://{ips[0]}:{CONSOLE_PORT}/\n"
-        f"  metadata: {', '.join(str(m) for _, m in nodes)} (edit to change a node live)\n"
-        "Ctrl-C stops every node.",
-        file=sys.stderr,
-    )
+    _print_banner(f"Inference Engine: {len(nodes)} serving node(s) on {', '.join(ips)}; data in {root.data_dir}",
+                  ips[0], http_port, [f"  gRPC:    {ips[0]}:{grpc_port} (tensorflow.serving.PredictionService)"], "", nodes)
     asyncio.run(serve_until_signalled(run_nodes(nodes)))
     return 0
+
+
+def _print_banner(head: str, ip: str, http_port: int, middle: list[str], console_note: str, nodes) -> None:
+    """The start-up banner: how to call the cluster, where its console and metadata files are."""
+    print("\n".join([
+        head,
+        f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ip}:{http_port}/v1/models/half_plus_two:predict",
+        *middle,
+        f"  console: http://{ip}:{CONSOLE_PORT}/{console_note}",
+        f"  metadata: {', '.join(str(m) for _, m in nodes)} (edit to change a node live)",
+        "Ctrl-C stops every node.",
+    ]), file=sys.stderr)
 
 
 REPO_SYNC_INTERVAL = "5"  # seconds: a pushed model reaches the serving nodes quickly
@@ -227,18 +232,11 @@ def run_with_repo(args: argparse.Namespace, root: Paths) -> int:
     nodes.append((repo_paths, local_node(repo_paths, trees[-1])))
     endpoint = f"http://{repo_ip}:{MINIO_PORT}"
     http_port, _ = public_ports(nodes[0][1])
-    print(
-        f"Inference Engine: {len(ips)} serving node(s) on {', '.join(ips)}, model repository on {repo_ip}:{MINIO_PORT}; "
-        f"data in {root.data_dir}\n"
-        + (f"  {standin}\n" if standin else "")
-        + f"  REST:    curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST http://{ips[0]}:{http_port}/v1/models/half_plus_two:predict\n"
-        f"  models:  s3://models/<name>/<version>/... at {endpoint} (path-style), access key {env['s3.access.key']}, "
-        f"secret key in {repo_paths.data_dir / 'metadata.yaml'}\n"
-        f"           upload a model there, then set model.name in every node's metadata\n"
-        f"  console: http://{ips[0]}:{CONSOLE_PORT}/ (repository node: http://{repo_ip}:{CONSOLE_PORT}/)\n"
-        f"  metadata: {', '.join(str(m) for _, m in nodes)} (edit to change a node live)\n"
-        "Ctrl-C stops every node.",
-        file=sys.stderr,
-    )
+    head = (f"Inference Engine: {len(ips)} serving node(s) on {', '.join(ips)}, model repository on "
+            f"{repo_ip}:{MINIO_PORT}; data in {root.data_dir}" + (f"\n  {standin}" if standin else ""))
+    models = [f"  models:  s3://models/<name>/<version>/... at {endpoint} (path-style), access key "
+              f"{env['s3.access.key']}, secret key in {repo_paths.data_dir / 'metadata.yaml'}",
+              "           upload a model there, then set model.name in every node's metadata"]
+    _print_banner(head, ips[0], http_port, models, f" (repository node: http://{repo_ip}:{CONSOLE_PORT}/)", nodes)
     asyncio.run(serve_until_signalled(run_nodes(nodes)))
     return 0
