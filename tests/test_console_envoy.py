@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -16,16 +15,9 @@ import pytest
 from agent.console.envoy_views import REDACTED, redact
 from tests.harness.foundation_trees import single_node_tree
 from tests.harness.node import Node, wait_for
+from tests.harness.tls import self_signed
 
 PASSWORD = "console-pass-7f3a"
-
-
-def _self_signed(ip: str, directory) -> tuple[str, str]:
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ip}",
-                    "-addext", f"subjectAltName=IP:{ip}", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert.read_text(), key.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def node(tmp_path_factory):
 
     ip = allocate_loopback_ip()
     tmp = tmp_path_factory.mktemp("envoy-views")
-    cert, key = _self_signed(ip, tmp)
+    cert, key = self_signed(ip, tmp)
     (tmp / "data").mkdir()
     n = Node(tmp / "data", single_node_tree(ip, **{"tls.cert": cert, "tls.key": key, "web.password": PASSWORD}))
     n.install_models()

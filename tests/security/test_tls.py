@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 import urllib.request
 
 import grpc
@@ -17,19 +16,12 @@ from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
 from agent.serving.tensors import from_ndarray
 from tests.harness.foundation_trees import single_node_tree
 from tests.harness.node import Node, http, wait_for
-
-
-def _self_signed(ip: str, directory) -> tuple[str, str]:
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ip}",
-                    "-addext", f"subjectAltName=IP:{ip}", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert.read_text(), key.read_text()
+from tests.harness.tls import self_signed
 
 
 @pytest.fixture
 def tls_node(node_ip, data_dir, tmp_path):
-    cert, key = _self_signed(node_ip, tmp_path)
+    cert, key = self_signed(node_ip, tmp_path)
     n = Node(data_dir, single_node_tree(node_ip, **{"tls.cert": cert, "tls.key": key}))
     n.install_models()
     n.start()
