@@ -35,6 +35,12 @@ def served_by(servable) -> dict[str, str]:
     return {MODEL_HEADER: servable.name, VERSION_HEADER: str(servable.version)}
 
 
+async def send_served_by(context, servable) -> None:
+    """Name the answering version to a gRPC caller, in initial metadata. Call it only on
+    success: an error must stay a trailers-only answer, which Envoy can retry."""
+    await context.send_initial_metadata(tuple(served_by(servable).items()))
+
+
 class TrafficError(ValueError):
     """A traffic file that cannot be used; the message says where and why."""
 

@@ -14,7 +14,7 @@ import agent.log
 from agent.serving import inference, limits, tensors, tracing
 from agent.serving.config import ConfigError, from_proto
 from agent.serving.errors import ServingError, invalid_argument
-from agent.serving.canary import served_by
+from agent.serving.canary import send_served_by
 from agent.serving.manager import ModelManager
 from agent.serving.metrics import ServingMetrics
 from agent.serving.protos import (
@@ -106,8 +106,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
                 finally:
                     self._admission.leave()
                 call.io(answered=response)
-                # Only on success: an error stays a trailers-only answer, which Envoy can retry.
-                await context.send_initial_metadata(tuple(served_by(servable).items()))
+                await send_served_by(context, servable)
                 return response
 
         return await self._call(context, run)

@@ -18,7 +18,7 @@ import numpy as np
 
 import agent.log
 from agent.serving import limits, oip, tracing
-from agent.serving.canary import served_by
+from agent.serving.canary import send_served_by
 from agent.serving.metrics import ServingMetrics
 from agent.serving.errors import ServingError, invalid_argument
 from agent.serving.manager import ModelManager
@@ -180,8 +180,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 finally:
                     self._admission.leave()
                 call.io(answered=response)
-                # Only on success: an error stays a trailers-only answer, which Envoy can retry.
-                await context.send_initial_metadata(tuple(served_by(servable).items()))
+                await send_served_by(context, servable)
                 return response
 
         return await self._call(context, run)
