@@ -270,3 +270,13 @@ def test_sigterm_during_a_hung_initial_load_stops_the_server(models, config, nod
             proc.kill()
             proc.wait()
     assert "stop requested during the initial load" in log.read_text()
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_serving_goes_on(models, server_factory):
+    """The operator's view into a stuck server: `kill -USR1` dumps the stacks, changing nothing."""
+    server = server_factory([{"name": "half_plus_two", "base_path": copy_builtin(models, "half_plus_two")}])
+    server.wait_available("half_plus_two")
+    server.dump_stacks()  # sends SIGUSR1 and waits for the dump in the log
+    log = server.log.read_text()
+    assert "most recent call first" in log and "agent/commands/serve.py" in log, log[-2000:]
+    assert predict_half_plus_two(server)[0] == 200
