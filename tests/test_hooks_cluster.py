@@ -88,9 +88,14 @@ def agent_answers(node: Node) -> bool:
         return False
 
 
+def model_server_pid(node: Node) -> int:
+    """The pid in the supervisor's record of the node's model server (it may have just exited)."""
+    return json.loads((node.data_dir / "run" / "model_server.json").read_text())["pid"]
+
+
 def model_server(node: Node) -> psutil.Process:
     """The node's model server process (from the supervisor's record)."""
-    return psutil.Process(json.loads((node.data_dir / "run" / "model_server.json").read_text())["pid"])
+    return psutil.Process(model_server_pid(node))
 
 
 async def test_stop_drains_the_node_and_start_brings_it_back_with_no_failed_request(cluster):
@@ -225,7 +230,7 @@ async def test_vertical_scale_restarts_the_model_server_with_its_new_threads_and
     async with Load(n1.ip, concurrency=6) as load:
         await load.wait_requests(100)
         cluster.set_all(n2_has_one_cpu)
-        await asyncio.to_thread(wait_for, lambda: model_server(n2).pid != before.pid, 60, 0.2,
+        await asyncio.to_thread(wait_for, lambda: model_server_pid(n2) != before.pid, 60, 0.2,
                                 "node 2's model server restarted")
         assert "--intra_op_threads=1" in model_server(n2).cmdline()
         await asyncio.to_thread(wait_for, lambda: cluster.healthy_in(n1) == {n.ip for n in cluster.nodes}, 20, 0.2,
