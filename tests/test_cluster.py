@@ -38,12 +38,24 @@ class Cluster:
             n.update(tree)
 
     def traffic_reaches_all(self) -> bool:
-        """True when a burst of requests through the entry reached every node (Envoy's
-        workers pick up health changes a moment after its admin reports them)."""
-        before = upstream_requests(self.entry, "serving_rest")
+        """True when a burst of REST and one of gRPC requests through the entry each reached
+        every node (Envoy's workers pick up health changes a moment after its admin
+        reports them; the two clusters are health-checked independently)."""
+        import grpc
+
+        from agent.serving.protos import prediction_service_pb2_grpc
+        from tests.harness.load import grpc_request
+
+        before = {c: upstream_requests(self.entry, c) for c in ("serving_rest", "serving_grpc")}
         for _ in range(3 * len(self.nodes)):
             predict(self.entry.ip)
-        return set(upstream_requests(self.entry, "serving_rest") - before) == {n.ip for n in self.nodes}
+        request, _ = grpc_request("half_plus_two")
+        with grpc.insecure_channel(f"{self.entry.ip}:8081") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for _ in range(3 * len(self.nodes)):
+                stub.Predict(request, timeout=10)
+        return all(set(upstream_requests(self.entry, c) - before[c]) == {n.ip for n in self.nodes}
+                   for c in before)
 
     def healthy_upstreams(self, node: Node | None = None, cluster: str = "serving_rest") -> set[str]:
         node = node or self.entry
@@ -73,7 +85,9 @@ def start_nodes(ips, tmp_path, **env) -> list[Node]:
 def cluster(ip_factory, tmp_path):
     nodes = start_nodes([ip_factory() for _ in range(3)], tmp_path, **{"enable.access.log": "true"})
     c = Cluster(nodes)
-    wait_for(lambda: c.healthy_upstreams() == {n.ip for n in nodes}, 15, 0.2, "all nodes healthy")
+    for name in ("serving_rest", "serving_grpc"):
+        wait_for(lambda: c.healthy_upstreams(cluster=name) == {n.ip for n in nodes}, 15, 0.2,
+                 f"all nodes healthy in the entry's {name}")
     wait_for(lambda: c.traffic_reaches_all(), 15, 0.2, "traffic through the entry reaching every node")
     yield c
     for n in c.nodes:
@@ -183,6 +197,43 @@ async def test_model_switch_under_load_fails_no_request(cluster):
             await new_clients.wait_requests(100)
     assert old_clients.result.failed == 0, old_clients.result
     assert new_clients.result.failed == 0, new_clients.result
+
+
+def test_a_model_only_some_nodes_know_yet_is_served_through_every_node(cluster):
+    """During a switch some nodes have not read the new metadata: they answer NOT_FOUND for
+    the new model. Envoy retries that on another node, for gRPC as for REST, so no client
+    sees it; a model no node knows is still NOT_FOUND (404)."""
+    import grpc
+
+    from agent.serving.protos import prediction_service_pb2_grpc
+    from tests.harness.load import grpc_request
+
+    for n in cluster.nodes:
+        shutil.copytree(n.data_dir / "models" / "half_plus_two", n.data_dir / "models" / "half_plus_three")
+    for n in cluster.nodes[1:]:  # the entry node never hears of half_plus_three
+        tree = copy.deepcopy(n.tree)
+        tree["env"]["model.name"] = "half_plus_two,half_plus_three"
+        n.update(tree)
+    wait_for(lambda: all(b"AVAILABLE" in http("GET", f"http://{n.ip}:8501/v1/models/half_plus_three")[1]
+                         for n in cluster.nodes[1:]), 60, 0.1, "half_plus_three AVAILABLE on nodes 2 and 3")
+    assert http("GET", f"http://{cluster.entry.ip}:8501/v1/models/half_plus_three")[0] == 404
+    sent_to_entry = upstream_requests(cluster.entry, "serving_grpc")[cluster.entry.ip]
+    with grpc.insecure_channel(f"{cluster.entry.ip}:8081") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request, check = grpc_request("half_plus_three")
+        for _ in range(30):
+            assert check(stub.Predict(request, timeout=30))
+        request.model_spec.name = "half_plus_four"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value
+    # Round robin sent some of them to the entry's own server first: the retries were real.
+    assert upstream_requests(cluster.entry, "serving_grpc")[cluster.entry.ip] > sent_to_entry
+    for _ in range(30):
+        status, body = predict(cluster.entry.ip, model="half_plus_three")
+        assert status == 200, body
+    assert http("POST", f"http://{cluster.entry.ip}:8080/v1/models/half_plus_four:predict",
+                b'{"instances": [1.0]}')[0] == 404
 
 
 async def test_switch_to_resnet_and_back_fails_no_rest_or_grpc_request(cluster):
