@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Iterable
 
 from agent import __version__
 
@@ -24,13 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand's own arguments."""
+def build_parser(load: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser; only the commands in `load` get their own arguments (a
+    command's module is imported for them, which costs its imports: jsonschema, yaml...)."""
     parser = argparse.ArgumentParser(prog="inference-agent", description="Inference Engine node agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name not in load:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -45,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `inference-agent` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The only top-level option takes no value, so the first other word names the command:
+    # its module alone is loaded (a one-shot `inference-agent sync` pays no other imports).
+    named = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([named] if named in COMMANDS else COMMANDS).parse_args(argv)
     if getattr(args, "_missing", None):
         print(f"inference-agent {args.command}: not available in this build ({args._missing})", file=sys.stderr)
         return 2

@@ -74,6 +74,55 @@ async def test_noop_sync_is_listing_only(s3, tmp_path):
     assert after == before
 
 
+async def test_a_model_of_many_pages_is_listed_version_by_version_and_misses_nothing(s3, tmp_path, monkeypatch):
+    """Pages of 2 keys stand in for S3's 1,000: three versions of 5 files take 8 pages in
+    one listing, 1 + 3 round trips version by version. Once a sync has seen that shape,
+    a no-op sync is one delimited listing plus each version's pages, and a version added,
+    a directory that is not a version and a version with pages of its own all come out
+    as in the one-listing way."""
+    from agent.modelstore import listing
+
+    monkeypatch.setattr(listing, "PAGE_KEYS", 2)
+    client, bucket, store = s3
+    for v in (1, 2, 3):
+        upload_version(client, bucket, PREFIX, v, savedmodel_files(v))
+    first = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert first.error is None and first.versions_added == [1, 2, 3]
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}drafts/notes.txt", Body=b"x")
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}README", Body=b"x")
+
+    async with FaultProxyDouble(store.endpoint_url) as proxy:
+        via_proxy = StoreConfig("ois", proxy.endpoint, "us-east-1", store.access_key, store.secret_key, bucket, "repo")
+        again = await sync_model(via_proxy, "mnist", tmp_path, options=TEST_OPTIONS)
+        assert again.error is None and again.versions_kept == [1, 2, 3] and not again.changed
+        listed = [path for _method, path, _range in proxy.log]
+        assert all("list-type=2" in path for path in listed), listed
+        # The delimited listing: README, 1/, 2/, 3/, drafts/ on 3 pages; then 3 pages a version.
+        assert sum("delimiter=%2F" in path and "prefix=repo%2Fmnist%2F&" in path + "&" for path in listed) == 3
+        for v in (1, 2, 3):
+            assert sum(f"prefix=repo%2Fmnist%2F{v}%2F" in path for path in listed) == 3, listed
+        assert len(listed) == 3 + 3 * 3, listed
+        assert not any("drafts" in path for path in listed)  # not a version: not listed
+
+        upload_version(client, bucket, PREFIX, 4, savedmodel_files(4, extra=3))
+        added = await sync_model(via_proxy, "mnist", tmp_path, options=TEST_OPTIONS)
+    assert added.error is None and added.versions_added == [4]
+    assert read_tree(tmp_path / "mnist" / "4") == savedmodel_files(4, extra=3)
+    assert added.objects_listed == 5 * 3 + 8 + 1  # README: a loose object beside the versions
+
+    # The same store listed the one-listing way agrees on everything.
+    whole = await listing.list_model(listing_transport(store), PREFIX, executor=None)
+    split = await listing.list_model(listing_transport(store), PREFIX, executor=None, last_shape=[5] * 4)
+    assert whole.versions == split.versions and sorted(whole.versions) == [1, 2, 3, 4]
+    assert whole.ignored == split.ignored == {f"{PREFIX}drafts/": "not a numeric version directory"}
+
+
+def listing_transport(store):
+    from agent.modelstore.transport import transport_for
+
+    return transport_for(store, TEST_OPTIONS)
+
+
 async def test_an_unchanged_listing_is_not_parsed_yet_a_version_removed_by_hand_comes_back(s3, tmp_path, monkeypatch):
     from agent.modelstore import listing
 

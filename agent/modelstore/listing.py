@@ -1,13 +1,19 @@
 """What a model looks like in the store: its numeric versions and their objects.
 
-One listing of the model's prefix, page after page: a model of fewer than 1,000 files
-costs one request, and no more requests are made than the keys need (a listing per
-version would add one per version, and a delimited listing one more). The next page is
-asked for as soon as a page's continuation token is seen, while the page is parsed.
-A page byte for byte the same as last time is not parsed again, and a listing the same
-as last time gives last time's RemoteModel; a listing whose digest is the one the caller
-recorded after its last complete sync is not parsed at all (`RemoteModel.unchanged`).
-A sync of an unchanged model costs its requests and little else.
+A listing is paged (1,000 keys a page) and each page needs the previous page's token, so
+one listing of a large model is a chain of round trips. The shape of the model's last
+complete sync (objects per version, from the manifest) picks the cheaper of two ways:
+- one listing of the model's prefix, page after page: a model of fewer than 1,000 files
+  costs one request;
+- when that takes more round trips, one delimited listing finds the version directories
+  and each version is listed in parallel (a 10-version model of 1,000 files a version:
+  two round trips instead of ten).
+The next page of a listing is asked for as soon as a page's continuation token is seen,
+while the page is parsed. A page byte for byte the same as one seen last time is not
+parsed again, and a listing the same as last time gives last time's RemoteModel; a
+listing whose digest is the one the caller recorded after its last complete sync is not
+parsed at all (`RemoteModel.unchanged`). A sync of an unchanged model costs its requests
+and little else.
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # is not a listing, and is not read further.
 MAX_PAGE_BYTES = 16 << 20
 MAX_PAGES = 1000
+PAGE_KEYS = 1000  # S3's largest page
 _RETRY_STATUS = {500, 502, 503, 504, 429}
 _RETRYABLE = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
 # The continuation token, found without parsing the page (the parse must agree).
@@ -122,11 +129,27 @@ class _Page:
 
 @dataclass
 class _Memo:
-    """The last listing of one prefix: each page's digest and parse, and the model."""
+    """The last listing of one prefix: each page's parse by its digest, and the model."""
 
     digests: list[bytes]
-    pages: list[_Page]
+    pages: dict[bytes, _Page]
     model: RemoteModel
+
+
+class _Budget:
+    """The listing pages one model may take, over all its listings: a store that never
+    stops paging, or lists a million version directories, is not a model."""
+
+    def __init__(self, prefix: str):
+        self._left = MAX_PAGES
+        self._prefix = prefix
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left < 0:
+                raise ValueError(f"more than {MAX_PAGES * 1000} objects under {self._prefix!r}: not a model")
 
 
 # (bucket URL, prefix) -> its last listing; a few models per agent.
@@ -135,18 +158,21 @@ _memos_lock = threading.Lock()
 _MEMOS = 8
 
 
-def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None,
-           defer: bool) -> tuple[list[_Page | tuple[dict[str, str], bytes]], list[bytes]]:
+def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None, defer: bool,
+           budget: _Budget, delimiter: str = "") -> tuple[list[_Page | tuple[dict[str, str], bytes]], list[bytes]]:
     """Every page of one listing, and the digest of each. Signed and parsed here rather
     than by botocore, whose parser costs a quarter of a second per 1,000 keys: most of a
     no-op sync. The next page is requested while this one is parsed; a page identical
-    to the same page of `memo` is taken from it. With `defer`, pages come back unparsed,
-    as (headers, body)."""
+    to one of `memo` is taken from it. With `defer`, pages come back unparsed, as
+    (headers, body)."""
     pages: list[_Page | tuple[dict[str, str], bytes]] = []
     digests: list[bytes] = []
 
     def fetch(token: str | None) -> tuple[dict[str, str], bytes]:
-        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": "1000"}
+        budget.take()
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(PAGE_KEYS)}
+        if delimiter:
+            params["delimiter"] = delimiter
         if token:
             params["continuation-token"] = token
         return _retrying(lambda: _fetch(transport, params), attempts)
@@ -156,23 +182,19 @@ def _pages(transport: Transport, prefix: str, attempts: int, memo: _Memo | None,
         while pending is not None:
             headers, body = pending.result()
             token = _peek_token(body)
-            pending = ahead.submit(fetch, token) if token and len(pages) + 1 < MAX_PAGES else None
+            pending = ahead.submit(fetch, token) if token else None
             digests.append(hashlib.sha1(body).digest())
             if defer:
                 pages.append((headers, body))
             else:
-                pages.append(_parse_page(headers, body, token, memo, len(pages)))
-            if token and pending is None:
-                raise ValueError(f"more than {MAX_PAGES * 1000} objects under {prefix!r}: not a model")
+                pages.append(_parse_page(headers, body, token, memo))
     return pages, digests
 
 
-def _parse_page(headers: dict[str, str], body: bytes, token: str | None, memo: _Memo | None, i: int) -> _Page:
-    """Page `i` parsed (or taken from `memo` when identical); `token` is what a quick scan found."""
-    if memo is not None and i < len(memo.digests) and memo.digests[i] == hashlib.sha1(body).digest():
-        page = dataclasses.replace(memo.pages[i], date=_date(headers.get("date")))
-    else:
-        page = _parse(headers, body)
+def _parse_page(headers: dict[str, str], body: bytes, token: str | None, memo: _Memo | None) -> _Page:
+    """The page parsed (or taken from `memo` when identical); `token` is what a quick scan found."""
+    known = memo.pages.get(hashlib.sha1(body).digest()) if memo is not None else None
+    page = dataclasses.replace(known, date=_date(headers.get("date"))) if known else _parse(headers, body)
     if page.next_token != token:
         raise ValueError("a listing page whose continuation token cannot be read")
     return page
@@ -248,29 +270,70 @@ def _timestamp(value: str) -> float:
         return 0.0
 
 
-def _list(transport: Transport, prefix: str, attempts: int, known: str) -> RemoteModel:
+# Version directories listed at once when a model is listed version by version.
+LIST_STREAMS = 8
+
+
+def split_saves_round_trips(objects_per_version: list[int]) -> bool:
+    """Whether a delimited listing then one listing per version, in parallel, takes fewer
+    round trips than one listing of the whole model, for versions of these sizes."""
+    if not objects_per_version:
+        return False
+    whole = -(-sum(objects_per_version) // PAGE_KEYS)
+    split = 1 + max(-(-n // PAGE_KEYS) for n in objects_per_version)
+    return split < whole
+
+
+def _listings(transport: Transport, prefix: str, attempts: int, memo: _Memo | None, defer: bool,
+              split: bool) -> tuple[list[_Page | tuple[dict[str, str], bytes]], list[bytes], dict[str, str]]:
+    """The pages of the model's listing (one listing, or one per version with `split`),
+    their digests, and the directories next to the versions that are not versions."""
+    budget = _Budget(prefix)
+    if not split:
+        return *_pages(transport, prefix, attempts, memo, defer, budget), {}
+    tops, digests = _pages(transport, prefix, attempts, memo, False, budget, delimiter="/")
+    ignored: dict[str, str] = {}
+    versions = []
+    for page in tops:
+        assert isinstance(page, _Page)
+        for sub in page.prefixes:
+            name = sub[len(prefix):].rstrip("/") if sub.startswith(prefix) else ""
+            if VERSION_RE.match(name) and sub == f"{prefix}{name}/":
+                versions.append(sub)
+            elif sub.startswith(prefix):
+                ignored[sub] = "not a numeric version directory"
+    pages: list[_Page | tuple[dict[str, str], bytes]] = list(tops)
+    if versions:
+        with ThreadPoolExecutor(min(LIST_STREAMS, len(versions)), thread_name_prefix="modellist") as pool:
+            for more, more_digests in pool.map(lambda v: _pages(transport, v, attempts, memo, defer, budget),
+                                               sorted(versions)):
+                pages += more
+                digests += more_digests
+    return pages, digests, ignored
+
+
+def _list(transport: Transport, prefix: str, attempts: int, known: str, split: bool) -> RemoteModel:
     """List and parse (blocking); see the module docstring for what is not parsed again."""
     key = (transport.signer.base_url, prefix)
     with _memos_lock:
         memo = _memos.get(key)
-    raw, digests = _pages(transport, prefix, attempts, memo, defer=bool(known))
+    raw, digests, ignored = _listings(transport, prefix, attempts, memo, bool(known), split)
     digest = hashlib.sha1(b"".join(digests)).hexdigest()
     if known and digest == known:
-        dates = [_date(headers.get("date")) for headers, _body in raw]  # type: ignore[misc]
-        count = sum(body.count(b"<Contents>") for _headers, body in raw)  # type: ignore[misc]
+        dates = [p.date if isinstance(p, _Page) else _date(p[0].get("date")) for p in raw]
+        count = sum(len(p.objects) if isinstance(p, _Page) else p[1].count(b"<Contents>") for p in raw)
         return RemoteModel(objects_listed=count, server_time=max(dates, default=0.0) or time.time(),
                            digest=digest, unchanged=True)
-    pages = [p if isinstance(p, _Page) else _parse_page(p[0], p[1], _peek_token(p[1]), memo, i)
-             for i, p in enumerate(raw)]
+    pages = [p if isinstance(p, _Page) else _parse_page(p[0], p[1], _peek_token(p[1]), memo) for p in raw]
     now = max((page.date for page in pages), default=0.0) or time.time()
     if memo is not None and memo.digests == digests:
         # Its versions and objects are shared, never changed by a sync.
         return dataclasses.replace(memo.model, server_time=now)
     contents = [item for page in pages for item in page.objects]
-    model = _model(contents, prefix, now)
+    model = _model(contents, prefix, now, ignored)
     model.digest = digest
     with _memos_lock:
-        _memos[key] = _Memo(digests, pages, model)
+        _memos[key] = _Memo(digests, dict(zip(digests, pages)), model)
         _memos.move_to_end(key)
         while len(_memos) > _MEMOS:
             _memos.popitem(last=False)
@@ -285,15 +348,19 @@ def _date(date: str | None) -> float:
 
 
 async def list_model(transport: Transport, prefix: str, executor: Executor, attempts: int = 5,
-                     known: str = "") -> RemoteModel:
+                     known: str = "", last_shape: list[int] | None = None) -> RemoteModel:
     """List the versions of the model stored under `prefix` (which ends in '/'); when the
-    listing's digest is `known`, nothing is parsed (`unchanged`)."""
-    return await asyncio.get_running_loop().run_in_executor(executor, _list, transport, prefix, attempts, known)
+    listing's digest is `known`, nothing is parsed (`unchanged`). `last_shape` (objects
+    per version at the last sync) picks how to list; see the module docstring."""
+    split = split_saves_round_trips(last_shape or [])
+    return await asyncio.get_running_loop().run_in_executor(executor, _list, transport, prefix, attempts, known, split)
 
 
-def _model(contents: list[tuple[str, int, str, float]], prefix: str, now: float) -> RemoteModel:
-    """The versions in one listing's objects (keys, sizes, ETags, modification times)."""
-    model = RemoteModel(objects_listed=len(contents), server_time=now)
+def _model(contents: list[tuple[str, int, str, float]], prefix: str, now: float,
+           ignored: dict[str, str]) -> RemoteModel:
+    """The versions in a listing's objects (keys, sizes, ETags, modification times);
+    `ignored` holds directories already found not to be versions."""
+    model = RemoteModel(objects_listed=len(contents), server_time=now, ignored=dict(ignored))
     by_version: dict[str, list[tuple[str, int, str, float]]] = {}
     for item in contents:
         key = item[0]

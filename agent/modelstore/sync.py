@@ -222,9 +222,18 @@ class _Run:
         prefix = store.model_prefix(model)
         transport = transport_for(store, self.options)
         self.manifest = await self._in_pool(Manifest.load, self.mdir.manifest, model)
-        remote = await self._list(transport, prefix, self.manifest.listing)
+        # The local check of an unchanged model (a stat per file) runs while the store lists.
+        still_complete = asyncio.ensure_future(self._in_pool(self._still_complete)) if self.manifest.listing else None
+        try:
+            remote = await self._list(transport, prefix, self.manifest.listing)
+        except BaseException:
+            if still_complete is not None:
+                still_complete.cancel()
+                await asyncio.gather(still_complete, return_exceptions=True)
+            raise
+        local_ok = await still_complete if still_complete is not None else False
         if remote.unchanged:
-            if await self._in_pool(self._still_complete):
+            if local_ok:
                 result.objects_listed = remote.objects_listed
                 result.versions_kept = sorted(self.manifest.versions)
                 await self._in_pool(cleanup_staging, self.mdir, self.manifest.versions)
@@ -260,7 +269,8 @@ class _Run:
 
     async def _list(self, transport: Transport, prefix: str, known: str) -> RemoteModel:
         try:
-            return await list_model(transport, prefix, self.pool, self.options.request_attempts, known)
+            shape = [len(files) for files in self.manifest.versions.values()]
+            return await list_model(transport, prefix, self.pool, self.options.request_attempts, known, shape)
         except Exception as e:
             store = self.store
             raise StoreError(describe(e, store, f"cannot list s3://{store.bucket}/{prefix}")) from e
