@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
+from tests.harness.console_process import ConsoleProcess, serve_console  # noqa: E402
 
 PORT = 8090
 MIB = 1024 * 1024
@@ -46,27 +47,18 @@ MIB = 1024 * 1024
 
 def serve(data_dir: Path, host: str) -> None:
     """The console alone, as the agent runs it (child process of the benchmark)."""
-    from agent.console import ConsoleContext, start_console
+    from agent.console import ConsoleContext
     from agent.metrics import Metrics
     from agent.paths import Paths
 
-    async def main() -> None:
-        ctx = ConsoleContext(
-            paths=Paths(data_dir),
-            status=lambda: {"node": {"instance_id": "i-bench", "ip": host, "role": "model_serving"}},
-            metrics=Metrics(),
-            envoy_admin_url="http://127.0.0.1:9",  # discard port: Envoy absent
-            model_server_url=f"http://{host}:8501",
-            password=lambda: "",
-        )
-        runner = await start_console(ctx, host, PORT)
-        print("ready", flush=True)
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    serve_console(ConsoleContext(
+        paths=Paths(data_dir),
+        status=lambda: {"node": {"instance_id": "i-bench", "ip": host, "role": "model_serving"}},
+        metrics=Metrics(),
+        envoy_admin_url="http://127.0.0.1:9",  # discard port: Envoy absent
+        model_server_url=f"http://{host}:8501",
+        password=lambda: "",
+    ), host, PORT)
 
 
 def write_log(path: Path, size: int) -> None:
@@ -206,14 +198,7 @@ def main() -> int:
         print(f"log: {log.stat().st_size / MIB:.0f} MiB written in {time.perf_counter() - started:.1f} s")
 
         host = allocate_loopback_ip()
-        child = subprocess.Popen([sys.executable, __file__, "--serve", str(data_dir), "--host", host],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
-            for raw in child.stdout:  # log lines may come first
-                if raw.strip() == b"ready":
-                    break
-            else:
-                raise SystemExit("the console did not start")
+        with ConsoleProcess([__file__, "--serve", str(data_dir), "--host", host]) as child:
             base = f"http://{host}:{PORT}"
 
             async def warm_up() -> None:
@@ -229,13 +214,6 @@ def main() -> int:
             with sampler:
                 results = asyncio.run(measure(base, log, args, sampler))
             peak = sampler.peak
-        finally:
-            child.stdin.close()
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
         reference = tail_reference(log, args.lines, args.requests)
 
     tail = results["tail"]

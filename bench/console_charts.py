@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.addresses import allocate_loopback_ip  # noqa: E402
+from tests.harness.console_process import ConsoleProcess, serve_console  # noqa: E402
 
 PORT = 8090
 TARGET_MS = 50.0
@@ -64,32 +64,23 @@ def filled_timeline(nodes: int, models: int):
 
 def serve(data_dir: Path, host: str, nodes: int, models: int) -> None:
     """The console alone with a filled timeline (child process of the benchmark)."""
-    from agent.console import ConsoleContext, start_console
+    from agent.console import ConsoleContext
     from agent.metrics import Metrics
     from agent.paths import Paths
 
-    async def main() -> None:
-        paths = Paths(data_dir)
-        paths.ensure()
-        serving = [{"instance_id": f"i-{k}", "ip": f"10.0.0.{k}", "role": "model_serving", "sid": k} for k in range(nodes)]
-        ctx = ConsoleContext(
-            paths=paths,
-            status=lambda: {"node": {"instance_id": "i-bench", "ip": host, "role": "model_serving"},
-                            "serving_nodes": serving, "params": {"model.name": "model0"}},
-            metrics=Metrics(),
-            envoy_admin_url="http://127.0.0.1:9",  # discard port: Envoy absent
-            model_server_url="http://127.0.0.1:9",
-            password=lambda: "",
-            timeline=filled_timeline(nodes, models),
-        )
-        runner = await start_console(ctx, host, PORT)
-        print("ready", flush=True)
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    paths = Paths(data_dir)
+    paths.ensure()
+    serving = [{"instance_id": f"i-{k}", "ip": f"10.0.0.{k}", "role": "model_serving", "sid": k} for k in range(nodes)]
+    serve_console(ConsoleContext(
+        paths=paths,
+        status=lambda: {"node": {"instance_id": "i-bench", "ip": host, "role": "model_serving"},
+                        "serving_nodes": serving, "params": {"model.name": "model0"}},
+        metrics=Metrics(),
+        envoy_admin_url="http://127.0.0.1:9",  # discard port: Envoy absent
+        model_server_url="http://127.0.0.1:9",
+        password=lambda: "",
+        timeline=filled_timeline(nodes, models),
+    ), host, PORT)
 
 
 async def timed(http: aiohttp.ClientSession, url: str, requests: int) -> tuple[list[float], int]:
@@ -131,20 +122,9 @@ def main() -> int:
         return 0
     host = allocate_loopback_ip()
     with tempfile.TemporaryDirectory(prefix="bench-charts-") as tmp:
-        child = subprocess.Popen([sys.executable, __file__, "--serve", tmp, "--host", host, "--nodes", str(args.nodes),
-                                  "--models", str(args.models)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout is not None
-            for line in child.stdout:  # the console's log lines come first
-                if line.strip() == "ready":
-                    break
-            else:
-                raise SystemExit("the console did not start")
+        with ConsoleProcess([__file__, "--serve", tmp, "--host", host, "--nodes", str(args.nodes),
+                             "--models", str(args.models)]):
             results = asyncio.run(measure(f"http://{host}:{PORT}", args.requests))
-        finally:
-            assert child.stdin is not None
-            child.stdin.close()
-            child.wait(timeout=30)
     reference = statistics.median(results["reference /static/console.css"][0])
     print(f"{'request':44} {'median ms':>10} {'p95 ms':>8} {'x static':>9} {'bytes':>10}")
     missed = []

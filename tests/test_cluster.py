@@ -37,6 +37,25 @@ class Cluster:
             change(tree)
             n.update(tree)
 
+    async def scale_out(self, trees: list[dict], data_dir, prepare=lambda models_dir: None) -> Node:
+        """Add a node as the platform's scale-out does: every node gets its tree of `trees`
+        (the new node's last) with the new node in /hosts and /adding-hosts, and the new
+        node starts; returns once it is healthy on the entry. `prepare(models_dir)` adds
+        models beside the built-in ones. The caller clears /adding-hosts."""
+        tree = trees[-1]
+        adding = {"model_serving": {tree["host"]["instance_id"]: tree["host"]}}
+        for n, current in zip(self.nodes, trees):
+            n.update(dict(current, **{"adding-hosts": adding}))
+        data_dir.mkdir()
+        node = Node(data_dir, dict(tree, **{"adding-hosts": adding}))
+        node.install_models()
+        prepare(data_dir / "models")
+        self.nodes.append(node.start())
+        everyone = {n.ip for n in self.nodes}
+        await asyncio.to_thread(wait_for, lambda: self.healthy_upstreams() == everyone, 60, 0.2,
+                                f"{node.ip} healthy on the entry")
+        return node
+
     def traffic_reaches_all(self) -> bool:
         """True when a burst of REST and one of gRPC requests through the entry each reached
         every node (Envoy's workers pick up health changes a moment after its admin
@@ -148,15 +167,7 @@ async def test_scale_out_and_in_under_load_fails_no_request(cluster, ip_factory,
     async with Load(cluster.entry.ip) as load:
         await load.wait_requests(50)
         # Scale out: the new node appears in /hosts and /adding-hosts everywhere.
-        adding = {"model_serving": {new_id: trees[3]["host"]}}
-        for n, tree in zip(cluster.nodes, trees):
-            n.update(dict(tree, **{"adding-hosts": adding}))
-        d = tmp_path / "node4"
-        d.mkdir()
-        node4 = Node(d, dict(trees[3], **{"adding-hosts": adding}))
-        node4.install_models()
-        cluster.nodes.append(node4.start())
-        await asyncio.to_thread(wait_for, lambda: cluster.healthy_upstreams() == set(ips), 60, 0.2, "node4 healthy")
+        await cluster.scale_out(trees, tmp_path / "node4")
         await load.wait_requests(200)
         for n, tree in zip(cluster.nodes, trees):
             n.update(tree)  # scale-out done: /adding-hosts cleared

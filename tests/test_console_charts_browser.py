@@ -14,7 +14,7 @@ from playwright.async_api import Page, async_playwright
 
 from agent.commands.up import cluster_trees
 from tests.harness.load import Load
-from tests.harness.node import Node, http, wait_for
+from tests.harness.node import http, wait_for
 from tests.test_cluster import Cluster, start_nodes
 from tests.test_console_browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM
 
@@ -52,7 +52,6 @@ async def test_charts_show_traffic_on_every_node_and_a_marker_per_event(ip_facto
     ips = [ip_factory() for _ in range(3)]
     nodes = start_nodes(ips, tmp_path, **ENV)
     cluster = Cluster(nodes)
-    entry = cluster.entry
     try:
         wait_for(lambda: cluster.healthy_upstreams() == set(ips), 30, 0.2, "all nodes healthy")
         async with async_playwright() as pw:
@@ -96,16 +95,8 @@ async def run_scenario(browser, cluster: Cluster, ips: list[str], ip_factory, tm
         new_ip = ip_factory()
         all_ips = ips + [new_ip]
         trees = cluster_trees(all_ips, **ENV, **{"model.name": "half_plus_three"})
-        adding = {"model_serving": {trees[3]["host"]["instance_id"]: trees[3]["host"]}}
-        for n, tree in zip(cluster.nodes, trees):
-            n.update(dict(tree, **{"adding-hosts": adding}))
-        d = tmp_path / "node4"
-        d.mkdir()
-        node4 = Node(d, dict(trees[3], **{"adding-hosts": adding}))
-        node4.install_models()
-        shutil.copytree(d / "models" / "half_plus_two", d / "models" / "half_plus_three")
-        cluster.nodes.append(node4.start())
-        await asyncio.to_thread(wait_for, lambda: cluster.healthy_upstreams() == set(all_ips), 60, 0.2, "node4 healthy")
+        await cluster.scale_out(trees, tmp_path / "node4", lambda models: shutil.copytree(
+            models / "half_plus_two", models / "half_plus_three"))
         for n, tree in zip(cluster.nodes, trees):
             n.update(tree)
         await load.wait_requests(150)
