@@ -16,7 +16,7 @@ import time
 import pytest
 
 from agent.commands.up import cluster_trees
-from tests.harness.load import GrpcLoad, Load
+from tests.harness.load import GrpcLoad, Load, grpc_request, prediction_stub
 from tests.harness.node import Node, http, predict, wait_for
 
 pytestmark = pytest.mark.slow
@@ -60,17 +60,11 @@ class Cluster:
         """True when a burst of REST and one of gRPC requests through the entry each reached
         every node (Envoy's workers pick up health changes a moment after its admin
         reports them; the two clusters are health-checked independently)."""
-        import grpc
-
-        from agent.serving.protos import prediction_service_pb2_grpc
-        from tests.harness.load import grpc_request
-
         before = {c: upstream_requests(self.entry, c) for c in ("serving_rest", "serving_grpc")}
         for _ in range(3 * len(self.nodes)):
             predict(self.entry.ip)
         request, _ = grpc_request("half_plus_two")
-        with grpc.insecure_channel(f"{self.entry.ip}:8081") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with prediction_stub(self.entry.ip) as stub:
             for _ in range(3 * len(self.nodes)):
                 stub.Predict(request, timeout=10)
         return all(set(upstream_requests(self.entry, c) - before[c]) == {n.ip for n in self.nodes}
@@ -137,10 +131,9 @@ def assert_even(counts: collections.Counter, ips: list[str], total: int) -> None
 
 
 def test_rest_and_grpc_requests_spread_evenly_across_all_nodes(cluster):
-    import grpc
     import numpy as np
 
-    from agent.serving.protos import predict_pb2, prediction_service_pb2_grpc
+    from agent.serving.protos import predict_pb2
     from agent.serving.tensors import from_ndarray
 
     ips = [n.ip for n in cluster.nodes]
@@ -151,8 +144,7 @@ def test_rest_and_grpc_requests_spread_evenly_across_all_nodes(cluster):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_two"
     request.inputs["x"].CopyFrom(from_ndarray(np.array([1.0], dtype=np.float32)))
-    with grpc.insecure_channel(f"{cluster.entry.ip}:8081") as channel:  # one HTTP/2 connection
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with prediction_stub(cluster.entry.ip) as stub:  # one HTTP/2 connection
         for _ in range(300):
             assert list(stub.Predict(request, timeout=10).outputs["y"].float_val) == [2.5]
     assert_even(upstream_requests(cluster.entry, "serving_rest") - rest_before, ips, 300)
@@ -216,9 +208,6 @@ def test_a_model_only_some_nodes_know_yet_is_served_through_every_node(cluster):
     sees it; a model no node knows is still NOT_FOUND (404)."""
     import grpc
 
-    from agent.serving.protos import prediction_service_pb2_grpc
-    from tests.harness.load import grpc_request
-
     for n in cluster.nodes:
         shutil.copytree(n.data_dir / "models" / "half_plus_two", n.data_dir / "models" / "half_plus_three")
     for n in cluster.nodes[1:]:  # the entry node never hears of half_plus_three
@@ -229,8 +218,7 @@ def test_a_model_only_some_nodes_know_yet_is_served_through_every_node(cluster):
                          for n in cluster.nodes[1:]), 60, 0.1, "half_plus_three AVAILABLE on nodes 2 and 3")
     assert http("GET", f"http://{cluster.entry.ip}:8501/v1/models/half_plus_three")[0] == 404
     sent_to_entry = upstream_requests(cluster.entry, "serving_grpc")[cluster.entry.ip]
-    with grpc.insecure_channel(f"{cluster.entry.ip}:8081") as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with prediction_stub(cluster.entry.ip) as stub:
         request, check = grpc_request("half_plus_three")
         for _ in range(30):
             assert check(stub.Predict(request, timeout=30))

@@ -403,3 +403,19 @@ def test_requests_are_signed_as_botocore_signs_them(kind, endpoint, monkeypatch)
         url, headers = signer.sign(key, params)  # at the reference's instant
         assert headers["Authorization"] == reference.headers["Authorization"]
         assert headers["x-amz-date"] == stamp
+
+
+def test_a_store_keeps_one_transport_and_closes_those_it_drops(s3):
+    """The daemon's periodic syncs reuse one connection pool per store; past four stores
+    the least recently used pool is closed, not leaked."""
+    from agent.modelstore.config import PerStore
+    from agent.modelstore.transport import Transport
+
+    _client, _bucket, store = s3
+    closed = []
+    shared = PerStore(Transport, size=4, close=lambda t: closed.append(t) or t.close())
+    first = shared.get(store, TEST_OPTIONS)
+    assert shared.get(store, TEST_OPTIONS) is first
+    others = [shared.get(dataclasses.replace(store, bucket=f"other-{i}"), TEST_OPTIONS) for i in range(4)]
+    assert closed == [first]  # the least recently used of five
+    assert shared.get(dataclasses.replace(store, bucket="other-3"), TEST_OPTIONS) is others[3]

@@ -7,19 +7,12 @@ anywhere or puts them in a message.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from agent.modelstore.config import StoreConfig, SyncOptions
-
-_cache: OrderedDict[tuple[StoreConfig, SyncOptions], Any] = OrderedDict()
-_cache_lock = threading.Lock()
-_CACHE_SIZE = 4
-
+from agent.modelstore.config import PerStore, StoreConfig, SyncOptions
 
 def make_client(store: StoreConfig, options: SyncOptions) -> Any:
     """A new S3 client for `store`, sized for `options.concurrency` parallel requests."""
@@ -47,17 +40,9 @@ def make_client(store: StoreConfig, options: SyncOptions) -> Any:
     return session.client("s3", endpoint_url=store.endpoint_url, config=config)
 
 
+_shared: PerStore[Any] = PerStore(make_client)
+
+
 def client_for(store: StoreConfig, options: SyncOptions) -> Any:
     """A shared client for `store` (boto3 clients are thread-safe; building one costs ~0.1 s)."""
-    key = (store, options)
-    with _cache_lock:
-        client = _cache.get(key)
-        if client is not None:
-            _cache.move_to_end(key)
-            return client
-    client = make_client(store, options)
-    with _cache_lock:
-        _cache[key] = client
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return client
+    return _shared.get(store, options)

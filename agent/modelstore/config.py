@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Generic, Literal, TypeVar
 
 from agent.ports import MINIO_PORT
 from agent.state import ClusterState
@@ -95,3 +97,40 @@ class SyncOptions:
     # A new or changed version is taken only once its newest object is this old (by the
     # store's clock): an upload in progress is not mistaken for a complete version.
     settle_seconds: float = 3.0
+
+
+T = TypeVar("T")
+
+
+class PerStore(Generic[T]):
+    """One shared object (a client, a connection pool) per (store, options), the `size`
+    most recently used kept; `close` is called on those dropped. `make` runs outside the
+    lock (a boto3 client takes ~0.1 s); of two made at once, the first stored wins."""
+
+    def __init__(self, make: Callable[[StoreConfig, SyncOptions], T], size: int = 4,
+                 close: Callable[[T], None] = lambda _obj: None):
+        self._make = make
+        self._size = size
+        self._close = close
+        self._items: OrderedDict[tuple[StoreConfig, SyncOptions], T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, store: StoreConfig, options: SyncOptions) -> T:
+        """The shared object for `store` and `options`, made on first use."""
+        key = (store, options)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        made = self._make(store, options)
+        dropped = []
+        with self._lock:
+            found = self._items.setdefault(key, made)
+            self._items.move_to_end(key)
+            if found is not made:
+                dropped.append(made)
+            while len(self._items) > self._size:
+                dropped.append(self._items.popitem(last=False)[1])
+        for obj in dropped:
+            self._close(obj)
+        return found

@@ -10,16 +10,14 @@ download.py), and a broken or refused connection surfaces as urllib3's own excep
 from __future__ import annotations
 
 import os
-import threading
 import urllib.request
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 
-from agent.modelstore.config import StoreConfig, SyncOptions
+from agent.modelstore.config import PerStore, StoreConfig, SyncOptions
 from agent.modelstore.signing import Signer
 
 
@@ -69,20 +67,9 @@ class Transport:
         self._http.clear()
 
 
-_cache: OrderedDict[tuple[StoreConfig, SyncOptions], Transport] = OrderedDict()
-_cache_lock = threading.Lock()
-_CACHE_SIZE = 4
+_shared: PerStore[Transport] = PerStore(Transport, close=Transport.close)
 
 
 def transport_for(store: StoreConfig, options: SyncOptions) -> Transport:
     """A shared Transport for `store` (the daemon's periodic syncs reuse its connections)."""
-    key = (store, options)
-    with _cache_lock:
-        found = _cache.get(key)
-        if found is not None:
-            _cache.move_to_end(key)
-            return found
-        found = _cache[key] = Transport(store, options)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)[1].close()
-    return found
+    return _shared.get(store, options)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import functools
 import json
 import time
@@ -48,6 +49,18 @@ def grpc_request(model: str):
         return request, lambda r: len(r.outputs["probabilities"].float_val) == 1000
     request.inputs["x"].CopyFrom(from_ndarray(np.array([1.0, 2.0, 5.0], dtype=np.float32)))
     return request, lambda r: list(r.outputs["y"].float_val) == [2.5, 3.0, 4.5]
+
+
+@contextlib.contextmanager
+def prediction_stub(ip: str, port: int = 8081):
+    """A blocking TF Serving PredictionService stub on one gRPC channel (one HTTP/2
+    connection, so one Envoy worker), closed on exit."""
+    import grpc
+
+    from agent.serving.protos import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"{ip}:{port}") as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 @dataclass
