@@ -78,9 +78,10 @@ def _host(ip: str) -> str:
 class SyncOptions:
     """How hard a sync pushes the store. Defaults suit MinIO on a LAN and moto on loopback."""
 
-    # Parallel requests for whole objects. Small files are latency-bound, so several; but
-    # each thread costs GIL hand-offs, and past the store's own parallelism (one request at
-    # a time for moto, a few per core for MinIO) more only burns CPU the store needs.
+    # The most requests for whole objects in flight. Small files are latency-bound, so
+    # several; but past the store's own parallelism (one request at a time for moto, a few
+    # per core for MinIO) more only burn CPU the store needs, so the sync keeps fewer when
+    # the store's answers show it queueing (inflight.py).
     concurrency: int = 16
     # Ranged streams shared by the multipart objects of one sync. Each object gets
     # budget / (multipart objects), at least one, cut on part boundaries.

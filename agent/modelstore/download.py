@@ -25,6 +25,7 @@ from agent.modelstore.checksum import MD5, Checksum, PartHasher, file_digests, f
 from agent.modelstore.config import SyncOptions
 from agent.modelstore.errors import S3Error, error_code, is_final, s3_error, unreachable
 from agent.modelstore.etag import uniform_cuts
+from agent.modelstore.inflight import InFlightLimit
 from agent.modelstore.layout import start_writeback
 from agent.modelstore.listing import RemoteObject
 from agent.modelstore.transport import Transport
@@ -116,6 +117,7 @@ class Fetcher:
         self.options = options
         self.stop = stop
         self.counters = counters
+        self.in_flight = InFlightLimit(options.concurrency)
 
     # ---- planning -------------------------------------------------------
 
@@ -191,7 +193,11 @@ class Fetcher:
         """GET `obj` in one request into a new `dest`, verified against the CRC32 the store
         sends with it, else its ETag (retried as a whole). Files are not fsynced one by
         one: the whole version is flushed once before it goes live."""
-        checked = self._attempts(obj, lambda: self._get_whole(obj, dest))
+        def attempt() -> bool:
+            with self.in_flight:
+                return self._get_whole(obj, dest)
+
+        checked = self._attempts(obj, attempt)
         if not checked and obj.etag.multipart:  # no part sizes, no CRC32: try the usual part sizes
             self.finish_multipart(obj, dest, plan)
 
@@ -302,7 +308,10 @@ class Fetcher:
                 hashing = pick({})
                 hasher = PartHasher([0], hashing[1]) if hashing else None
             else:
+                asked = time.monotonic()
                 resp_headers, body = self._open(obj.key, headers, _CHECKSUM_MODE if whole_file else None)
+                if whole_file:
+                    self.in_flight.observe(time.monotonic() - asked)
                 try:
                     if int(resp_headers.get("content-length", -1)) != length:
                         raise VerifyError(f"expected {length} bytes, the store sends {resp_headers.get('content-length')}")
