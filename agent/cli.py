@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
-from typing import Iterable
+from typing import Iterable, NoReturn
 
 from agent import __version__
 
@@ -47,12 +49,24 @@ def build_parser(load: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that close and flush every file they write before they return. As a process,
+# they end with os._exit once stdout, stderr and the log handlers are flushed: tearing the
+# interpreter down (every module and object freed one by one) cost `sync` ~55 ms of its
+# ~0.2 s start-up and exit, and writes nothing they need.
+FAST_EXIT = frozenset({"sync"})
+
+
+def _command_name(argv: list[str]) -> str | None:
+    # The only top-level option takes no value, so the first other word names the command.
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `inference-agent` console script."""
+    """Run the command `argv` names (default: this process's arguments); its exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    # The only top-level option takes no value, so the first other word names the command:
-    # its module alone is loaded (a one-shot `inference-agent sync` pays no other imports).
-    named = next((a for a in argv if not a.startswith("-")), None)
+    # Only the named command's module is loaded (a one-shot `inference-agent sync` pays no
+    # other imports).
+    named = _command_name(argv)
     args = build_parser([named] if named in COMMANDS else COMMANDS).parse_args(argv)
     if getattr(args, "_missing", None):
         print(f"inference-agent {args.command}: not available in this build ({args._missing})", file=sys.stderr)
@@ -60,5 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(args._run(args) or 0)
 
 
+def entry() -> NoReturn:
+    """Entry point of the `inference-agent` console script and of `python -m agent`."""
+    code = main()
+    if _command_name(sys.argv[1:]) in FAST_EXIT:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: as the interpreter's own exit would
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -15,7 +15,6 @@ plus QUEUE so the store never waits for the next request.
 
 from __future__ import annotations
 
-import statistics
 import threading
 
 # Requests kept waiting at the store beyond those it serves at once; also the growth per window.
@@ -62,7 +61,7 @@ class InFlightLimit:
             self._window.append(seconds)
             if len(self._window) < max(MIN_WINDOW, int(self._limit)):
                 return
-            typical = statistics.median(self._window)
+            typical = sorted(self._window)[len(self._window) // 2]  # the median, near enough
             self._window.clear()
             # The shortest window median, not the shortest answer: one lucky answer
             # would make every later one look queued.
