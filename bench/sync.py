@@ -246,22 +246,20 @@ def run_tool(tool: Tool, endpoint: str, ds: Dataset, dest: Path, work: Path) -> 
 
 
 def same_memory_state(work: Path, nbytes: int) -> None:
-    """Put the page cache in the same state before every timed download.
+    """Put memory in the same state before every timed download.
 
     A virtual machine that hands freed memory back to its host (virtio-balloon free page
     reporting, as here) charges ~2 s of kernel time per GiB to whoever next writes into
     memory freed more than ~2 s earlier, and next to nothing to a writer that follows a
     fresh free: measured here, 1 GiB written by 4 threads took 0.1 s of system time right
     after the previous copy was deleted and 2.0 s after a 5 s pause. Left alone, each
-    tool's time would depend on how long ago the tool before it deleted its copy. So
-    every tool starts just after the same `nbytes` were written, flushed and deleted."""
-    scratch = work / "same-memory-state"
-    chunk = b"\0" * (8 * MiB)
-    with open(scratch, "wb") as f:
-        for _ in range(0, nbytes, len(chunk)):
-            f.write(chunk)
+    tool's time would depend on how long ago the tool before it freed its memory. So
+    every tool starts just after three times the dataset's bytes were touched and freed:
+    the tool's page cache and the store's answers (moto builds each in memory) both draw
+    on them."""
     subprocess.run(["sync"])  # no tool pays for another's dirty pages
-    scratch.unlink()
+    blob = b"\1" * (3 * nbytes)  # filled, so every page is really taken
+    del blob
 
 
 def check(tool: Tool, ds: Dataset, dest: Path) -> None:
