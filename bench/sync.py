@@ -245,7 +245,7 @@ def run_tool(tool: Tool, endpoint: str, ds: Dataset, dest: Path, work: Path) -> 
     return seconds
 
 
-def same_memory_state(work: Path, nbytes: int) -> None:
+def same_memory_state(nbytes: int) -> None:
     """Put memory in the same state before every timed download.
 
     A virtual machine that hands freed memory back to its host (virtio-balloon free page
@@ -256,7 +256,8 @@ def same_memory_state(work: Path, nbytes: int) -> None:
     tool's time would depend on how long ago the tool before it freed its memory. So
     every tool starts just after three times the dataset's bytes were touched and freed:
     the tool's page cache and the store's answers (moto builds each in memory) both draw
-    on them."""
+    on them. That narrows the spread but does not end it: the 1 GiB of (b) still took
+    one run in three twice as long, the time in the kernel's copy into the page cache."""
     subprocess.run(["sync"])  # no tool pays for another's dirty pages
     blob = b"\1" * (3 * nbytes)  # filled, so every page is really taken
     del blob
@@ -316,7 +317,7 @@ def main() -> int:
                             run_tool(tool, moto.endpoint, ds, dest, work)  # the initial sync is not timed
                     else:
                         shutil.rmtree(dest, ignore_errors=True)
-                        same_memory_state(work, ds.total)
+                        same_memory_state(ds.total)
                     best = min(best, run_tool(tool, moto.endpoint, ds, dest, work))
                     check(tool, ds, dest)
                 results[name][tool.name] = best
