@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> NoReturn:
     """Entry point of the `inference-agent` console script and of `python -m agent`."""
-    code = main()
-    if _command_name(sys.argv[1:]) in FAST_EXIT:
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _command_name(argv) in FAST_EXIT:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:

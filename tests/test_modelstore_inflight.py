@@ -4,10 +4,9 @@ against a store that answers many at once, few against one that queues them."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable
 
-from agent.modelstore.inflight import QUEUE, START, InFlightLimit
+from agent.modelstore.inflight import MIN_WINDOW, QUEUE, START, InFlightLimit
 
 
 def answer_times(limit: InFlightLimit, seconds_for: Callable[[int], float], answers: int) -> list[int]:
@@ -49,28 +48,39 @@ def test_the_limit_falls_when_a_store_starts_queueing_and_rises_when_it_stops():
 
 def test_no_more_requests_are_in_flight_than_the_limit_and_a_raised_limit_lets_waiters_in():
     limit = InFlightLimit(8)
-    lock = threading.Lock()
+    lock = threading.Condition()
     inside = 0
-    peaks: list[tuple[int, int]] = []  # (requests inside, the limit then)
+    peak = 0
+    release = threading.Event()
 
-    def worker() -> None:
-        nonlocal inside
-        for _ in range(40):
-            with limit:
-                with lock:
-                    inside += 1
-                    peaks.append((inside, limit.limit))
-                time.sleep(0.001)
-                with lock:
-                    inside -= 1
-                limit.observe(0.001)  # a store that never queues: the limit rises
+    def request() -> None:
+        nonlocal inside, peak
+        with limit:
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+                lock.notify_all()
+            release.wait(timeout=30)  # the request is "at the store" until the test lets go
+            with lock:
+                inside -= 1
 
-    threads = [threading.Thread(target=worker) for _ in range(12)]
+    def until_inside(n: int) -> None:
+        with lock:
+            assert lock.wait_for(lambda: inside == n, timeout=10), f"{inside} inside, expected {n}"
+
+    threads = [threading.Thread(target=request) for _ in range(12)]
     for t in threads:
         t.start()
+    until_inside(START)  # the other 10 wait
+    assert peak == START
+    # A store that answers as fast however many are in flight: the limit rises, and
+    # threads already waiting get in without any new request arriving.
+    for _ in range(MIN_WINDOW):
+        limit.observe(0.001)
+    assert limit.limit == START + QUEUE
+    until_inside(START + QUEUE)
+    release.set()
     for t in threads:
         t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads), "a worker waits for ever"
-    assert all(n <= cap for n, cap in peaks)
-    assert max(n for n, _ in peaks) > START  # the raised limit was used
-    assert max(n for n, _ in peaks) <= 8
+    assert not any(t.is_alive() for t in threads), "a request waits for ever"
+    assert peak <= 8

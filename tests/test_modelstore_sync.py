@@ -419,3 +419,26 @@ def test_a_store_keeps_one_transport_and_closes_those_it_drops(s3):
     others = [shared.get(dataclasses.replace(store, bucket=f"other-{i}"), TEST_OPTIONS) for i in range(4)]
     assert closed == [first]  # the least recently used of five
     assert shared.get(dataclasses.replace(store, bucket="other-3"), TEST_OPTIONS) is others[3]
+
+
+async def test_against_a_store_that_serves_one_request_at_a_time_the_sync_keeps_few_in_flight(s3, tmp_path, monkeypatch):
+    # moto answers one request after the other: past a few in flight, more only queue.
+    from agent.modelstore import download, inflight
+
+    limits: list[inflight.InFlightLimit] = []
+
+    class Recorded(inflight.InFlightLimit):
+        def __init__(self, maximum: int):
+            super().__init__(maximum)
+            limits.append(self)
+
+    monkeypatch.setattr(download, "InFlightLimit", Recorded)
+    client, bucket, store = s3
+    files = {f"part-{i:03d}.bin": random_bytes(1024, i) for i in range(300)}
+    upload_version(client, bucket, PREFIX, 1, files)
+
+    result = await sync_model(store, "mnist", tmp_path, options=TEST_OPTIONS)
+
+    assert result.error is None and read_tree(tmp_path / "mnist" / "1") == files
+    assert len(limits) == 1 and limits[0].maximum == TEST_OPTIONS.concurrency == 16
+    assert 1 <= limits[0].limit < 16

@@ -14,6 +14,7 @@ from botocore.config import Config
 
 from agent.modelstore.config import PerStore, StoreConfig, SyncOptions
 
+
 def make_client(store: StoreConfig, options: SyncOptions) -> Any:
     """A new S3 client for `store`, sized for `options.concurrency` parallel requests."""
     config = Config(
