@@ -5,7 +5,11 @@ many in flight to hide its latency. One that serves them one at a time (a single
 server such as moto) only queues them: past a few, each extra request adds nothing but
 client CPU and thread hand-offs, which on a shared machine the store itself is short of
 (2,000 files of 64 KiB from moto, 6 runs each, alternating: median 5.19 s with 16 in
-flight, 5.01 s with this limit, which settled at 4).
+flight, 5.01 s with this limit, which settled at 4). Such a store may even work harder
+per request while requests overlap (moto's threads contend for its locks: 10-25 % more
+CPU a request with 2 or more in flight than with 1), but with 1 in flight the client's
+own time between requests leaves it idle for longer than that costs, so the limit keeps
+QUEUE waiting rather than none.
 
 The limit follows the latency gradient, as TCP-Vegas-style limiters do: the time to an
 answer's first byte, against the shortest seen. While it stays near the shortest, the
