@@ -1,7 +1,7 @@
 """Benchmark: `inference-agent sync` against the tools an operator would otherwise script
 (aws s3 sync, s3cmd sync, rclone sync, s5cmd sync), same endpoint, same data, one run.
 
-    python bench/sync.py [--datasets a,b,c] [--repeat N] [--tools ours,aws,s3cmd,rclone,rclone-tuned,s5cmd,floor]
+    python bench/sync.py [--datasets a,b,c] [--repeat N] [--tools ours,aws,s3cmd,rclone,rclone-tuned,s5cmd,floor,floor-writes]
 
 The endpoint is moto[server] on loopback. Datasets (the issue's):
     a  2,000 files of 64 KiB (one version)
@@ -16,8 +16,10 @@ requests no sync can avoid; moto serves one at a time, so it is the honest limit
 ours / fastest peer. Targets: ours <= 1.15x floor (a), 1.3x (b), 1.15x (c), and ours <=
 1.0x the fastest peer on each. Also reported: the CPU time the endpoint spent while each
 tool ran (what that tool's requests cost the store: moto spends more CPU on a request
-while another is in progress; see Floor), and the CPU time of the daemon's periodic no-op sync
-of (c) in a warm agent process. Exits 1 naming every missed target.
+while another is in progress; see Floor), the CPU time of the daemon's periodic no-op sync
+of (c) in a warm agent process, and two costs the floor leaves out that every sync pays:
+writing the files (the floor again, each object written to a new file) and, for a tool
+in Python, the interpreter's start. Exits 1 naming every missed target.
 """
 
 from __future__ import annotations
@@ -226,10 +228,24 @@ class Floor(Tool):
                     + (f"&start-after={ds.name}/model/{keys[i - 1]}" if i else "")
                     for i in range(0, len(keys), 1000)]
             urls += [f"{endpoint}/{BUCKET}/{ds.name}/model/{k}" for k in keys]
-        cfg = work / f"curl-{ds.name}.cfg"
-        cfg.write_text(auth + "".join(f'url = "{u}"\noutput = "/dev/null"\n' for u in urls))
+        cfg = work / f"curl-{self.name}-{ds.name}.cfg"
+        cfg.write_text(auth + "".join(f'url = "{u}"\noutput = "{self.output(u, ds, dest)}"\n' for u in urls))
         dest.mkdir(parents=True, exist_ok=True)
-        return ["curl", "-sSf", "-Z", "--parallel-max", "16", "-K", str(cfg)], {}
+        return ["curl", "-sSf", "-Z", "--parallel-max", "16", "--create-dirs", "-K", str(cfg)], {}
+
+    def output(self, url: str, ds: Dataset, dest: Path) -> str:
+        """Where curl writes the answer to `url`."""
+        return "/dev/null"
+
+
+class FloorWrites(Floor):
+    """Not a peer either: the floor, with each object written to a new file of its own
+    (listings still go to /dev/null). The difference from the floor is what creating and
+    writing the files costs on this machine, which every sync pays and the floor does not."""
+
+    def output(self, url, ds, dest):
+        prefix = f"/{BUCKET}/{ds.name}/model/"
+        return str(dest / url.split(prefix, 1)[1]) if prefix in url and "?" not in url else "/dev/null"
 
 
 TOOLS = {
@@ -241,6 +257,7 @@ TOOLS = {
                            ["--transfers", "32", "--checkers", "32", "--fast-list", "--use-server-modtime"]),
     "s5cmd": S5cmd("s5cmd", "s5cmd sync"),
     "floor": Floor("floor", "endpoint floor (curl)**"),
+    "floor-writes": FloorWrites("floor-writes", "floor + file writes***"),
 }
 PEERS = ("aws", "s3cmd", "rclone", "rclone-tuned", "s5cmd")
 
@@ -284,13 +301,24 @@ def same_memory_state(nbytes: int) -> None:
 
 
 def check(tool: Tool, ds: Dataset, dest: Path) -> None:
-    if isinstance(tool, Floor):
-        return
+    if isinstance(tool, Floor) and (ds.noop or not isinstance(tool, FloorWrites)):
+        return  # nothing was written
     root = tool.tree(dest)
     files = [p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     count, size = len(files), sum(p.stat().st_size for p in files)
     if (count, size) != (len(ds.files), ds.total):
         raise SystemExit(f"{tool.label} on {ds.name}: {count} files / {size} bytes, expected {len(ds.files)} / {ds.total}")
+
+
+def python_start() -> float:
+    """Median seconds of a bare Python process that imports an HTTP client and asyncio: the
+    start-up any sync written in Python pays before its first request (the floor pays none)."""
+    times = []
+    for _ in range(11):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import asyncio, urllib3"], check=True)
+        times.append(time.monotonic() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def versions() -> dict[str, str]:
@@ -330,16 +358,23 @@ def main() -> int:
             time.sleep(SETTLE)  # data at rest: the agent takes a version once it has been quiet
             results[name] = {}
             endpoint_cpu[name] = {}
+            # Every run writes a directory of its own, all removed only once the data set is
+            # done: on an ext4 without a journal (as here), a file created within a minute of
+            # many deletions costs far more (the inode allocator checks each recently freed
+            # inode: 2,000 files took 0.49 s of system time to create right after 2,000 were
+            # deleted, 0.03 s otherwise), so a tool would pay for the deletions of the one before.
+            trees: list[Path] = []
             for tool in chosen:
                 best = float("inf")
-                for _ in range(args.repeat):
-                    dest = work / f"{tool.name}-{name}"
+                for attempt in range(args.repeat):
                     if ds.noop:
+                        dest = work / f"{tool.name}-{name}"
                         if not dest.exists():
                             run_tool(tool, moto.endpoint, ds, dest, work, moto.process)  # the initial sync is not timed
                     else:
-                        shutil.rmtree(dest, ignore_errors=True)
+                        dest = work / f"{tool.name}-{name}-{attempt}"
                         same_memory_state(ds.total)
+                    trees.append(dest)
                     seconds, store_cpu = run_tool(tool, moto.endpoint, ds, dest, work, moto.process)
                     if seconds < best:
                         best, endpoint_cpu[name][tool.name] = seconds, store_cpu
@@ -347,15 +382,12 @@ def main() -> int:
                 results[name][tool.name] = best
                 print(f"[{name}] {tool.label:24s} {best:8.2f} s   (endpoint CPU {endpoint_cpu[name][tool.name]:.2f} s)",
                       flush=True)
-                if not ds.noop:
-                    shutil.rmtree(work / f"{tool.name}-{name}", ignore_errors=True)
-            if ds.noop:
-                if "ours" in args.tools.split(","):  # its directory is synced already
-                    agent_cpu = agent_noop_cpu(moto.endpoint, ds, work / f"ours-{name}")
-                    print(f"[{name}] agent no-op sync: {agent_cpu[0] * 1000:.0f} ms CPU, "
-                          f"{agent_cpu[1] * 1000:.0f} ms wall", flush=True)
-                for tool in chosen:
-                    shutil.rmtree(work / f"{tool.name}-{name}", ignore_errors=True)
+            if ds.noop and "ours" in args.tools.split(","):  # its directory is synced already
+                agent_cpu = agent_noop_cpu(moto.endpoint, ds, work / f"ours-{name}")
+                print(f"[{name}] agent no-op sync: {agent_cpu[0] * 1000:.0f} ms CPU, "
+                      f"{agent_cpu[1] * 1000:.0f} ms wall", flush=True)
+            for tree in trees:
+                shutil.rmtree(tree, ignore_errors=True)
     finally:
         moto.stop()
         if not args.workdir:
@@ -429,6 +461,11 @@ def report(results: dict[str, dict[str, float]], endpoint_cpu: dict[str, dict[st
     print("* rclone tuned: --transfers 32 --checkers 32 --fast-list --use-server-modtime")
     print("** not a peer: the requests no sync can avoid, sent by curl with no signing, hashing or writing,")
     print("   in practice one at a time: the endpoint's own cost, a lower bound for every tool (see Floor).")
+    print("*** not a peer: the floor, each object written by curl to a new file: what writing costs here.")
+    start = python_start()
+    print(f"A Python process importing urllib3 and asyncio starts in {start * 1000:.0f} ms here, before any request: "
+          + ", ".join(f"{start / times['floor']:.1%} of ({name})'s floor" for name, times in results.items()
+                      if times.get("floor")) + ".")
     if agent_cpu is not None:
         print(f"agent's periodic no-op sync of (c), warm process: {agent_cpu[0] * 1000:.0f} ms CPU, "
               f"{agent_cpu[1] * 1000:.0f} ms wall")
