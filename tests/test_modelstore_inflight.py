@@ -1,5 +1,6 @@
 """The sync's limit on whole-object GETs in flight (agent/modelstore/inflight.py): many
-against a store that answers many at once, few against one that queues them."""
+against a store that answers many at once, one waiting behind the one being served
+against a store that serves one at a time; workers keep their slot between requests."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ def test_a_store_that_answers_many_at_once_gets_the_maximum_in_flight():
     assert seen.index(16) < 150  # reached within the first few windows, not at the end
 
 
-def test_a_store_that_serves_one_at_a_time_gets_a_few_in_flight():
+def test_a_store_that_serves_one_at_a_time_gets_one_request_waiting_behind_the_one_served():
     # moto: 1.5 ms per request, served one after the other, so an answer waits for all
     # those ahead of it; more in flight only lengthen the queue.
     limit = InFlightLimit(16)
     seen = answer_times(limit, lambda n: 0.0015 * n, 2000)
-    assert max(seen[200:]) <= START + 2 * QUEUE
-    assert min(seen) >= 1
+    assert START == 1 and set(seen[: MIN_WINDOW - 1]) == {1}  # the first window: the store unqueued
+    assert set(seen[100:]) == {1 + QUEUE} == {2}
 
 
 def test_the_limit_falls_when_a_store_starts_queueing_and_rises_when_it_stops():
@@ -71,16 +72,57 @@ def test_no_more_requests_are_in_flight_than_the_limit_and_a_raised_limit_lets_w
     threads = [threading.Thread(target=request) for _ in range(12)]
     for t in threads:
         t.start()
-    until_inside(START)  # the other 10 wait
-    assert peak == START
+    until_inside(START)  # the other 11 wait
+    assert peak == START == 1
     # A store that answers as fast however many are in flight: the limit rises, and
     # threads already waiting get in without any new request arriving.
     for _ in range(MIN_WINDOW):
         limit.observe(0.001)
-    assert limit.limit == START + QUEUE
-    until_inside(START + QUEUE)
+    assert limit.limit == 2
+    until_inside(2)
+    for _ in range(MIN_WINDOW):
+        limit.observe(0.001)
+    assert limit.limit == 3
+    until_inside(3)
     release.set()
     for t in threads:
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads), "a request waits for ever"
     assert peak <= 8
+
+
+def test_a_worker_keeps_its_slot_while_the_limit_allows_and_gives_it_up_when_the_limit_falls():
+    limit = InFlightLimit(8, start=4)
+    entered = threading.Barrier(5)
+    next_request = threading.Event()
+    finish = threading.Event()
+    lock = threading.Condition()
+    past_keep: list[str] = []
+
+    def worker(name: str) -> None:
+        with limit:
+            entered.wait(timeout=10)
+            next_request.wait(timeout=30)
+            limit.keep()  # before its next request
+            with lock:
+                past_keep.append(name)
+                lock.notify_all()
+            finish.wait(timeout=30)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    entered.wait(timeout=10)  # four slots held, as the limit allows
+    while limit.limit > 2:  # the store starts queueing: answers far slower than the shortest seen
+        for _ in range(MIN_WINDOW):
+            limit.observe(0.001 if limit._shortest is None else 0.004)
+    assert limit.limit == 2
+    next_request.set()
+    with lock:  # two go on with their slots; the other two give theirs up and wait
+        assert lock.wait_for(lambda: len(past_keep) == 2, timeout=10)
+    with limit._cond:
+        assert limit._in_flight == 2
+    finish.set()  # the two finish, and the two waiting get their slots back
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads) and len(past_keep) == 4

@@ -192,12 +192,9 @@ class Fetcher:
     def fetch_whole(self, obj: RemoteObject, dest: Path, plan: ObjectPlan | None = None) -> None:
         """GET `obj` in one request into a new `dest`, verified against the CRC32 the store
         sends with it, else its ETag (retried as a whole). Files are not fsynced one by
-        one: the whole version is flushed once before it goes live."""
-        def attempt() -> bool:
-            with self.in_flight:
-                return self._get_whole(obj, dest)
-
-        checked = self._attempts(obj, attempt)
+        one: the whole version is flushed once before it goes live. How many run at once
+        is the caller's to limit (Transfer's workers hold slots of `in_flight`)."""
+        checked = self._attempts(obj, lambda: self._get_whole(obj, dest))
         if not checked and obj.etag.multipart:  # no part sizes, no CRC32: try the usual part sizes
             self.finish_multipart(obj, dest, plan)
 

@@ -99,17 +99,21 @@ class Transfer:
         queue = collections.deque(sorted((o for o in job.fetch if o.key not in plans), key=lambda o: -o.size))
         failures: list[tuple[RemoteObject, BaseException]] = []
 
+        limit = self.fetcher.in_flight
+
         def drain() -> None:
-            while not self.stop.is_set():
-                try:
-                    obj = queue.popleft()
-                except IndexError:
-                    return
-                try:
-                    self._fetch_whole(job, obj)
-                except BaseException as e:
-                    failures.append((obj, e))
-                    self._note_unreachable(e)
+            with limit:
+                while not self.stop.is_set():
+                    limit.keep()
+                    try:
+                        obj = queue.popleft()
+                    except IndexError:
+                        return
+                    try:
+                        self._fetch_whole(job, obj)
+                    except BaseException as e:
+                        failures.append((obj, e))
+                        self._note_unreachable(e)
 
         workers = min(self.options.concurrency, len(queue))
         outcomes = await asyncio.gather(
