@@ -17,9 +17,9 @@ ours / fastest peer. Targets: ours <= 1.15x floor (a), 1.3x (b), 1.15x (c), and 
 1.0x the fastest peer on each. Also reported: the CPU time the endpoint spent while each
 tool ran (what that tool's requests cost the store: moto spends more CPU on a request
 while another is in progress; see Floor), the CPU time of the daemon's periodic no-op sync
-of (c) in a warm agent process, and two costs the floor leaves out that every sync pays:
-writing the files (the floor again, each object written to a new file) and, for a tool
-in Python, the interpreter's start. Exits 1 naming every missed target.
+of (c) in a warm agent process, and two costs the floor leaves out: writing the files
+(the floor again, each object written by curl to a new file) and, for a tool in Python,
+the interpreter's start. Exits 1 naming every missed target.
 """
 
 from __future__ import annotations
@@ -241,7 +241,9 @@ class Floor(Tool):
 class FloorWrites(Floor):
     """Not a peer either: the floor, with each object written to a new file of its own
     (listings still go to /dev/null). The difference from the floor is what creating and
-    writing the files costs on this machine, which every sync pays and the floor does not."""
+    writing the files cost curl here, which the floor leaves out. Not a lower bound: curl
+    writes each file from one stream, and a tool writing a large file from several
+    streams at once can do it faster (ours did, on (b))."""
 
     def output(self, url, ds, dest):
         prefix = f"/{BUCKET}/{ds.name}/model/"
@@ -461,7 +463,7 @@ def report(results: dict[str, dict[str, float]], endpoint_cpu: dict[str, dict[st
     print("* rclone tuned: --transfers 32 --checkers 32 --fast-list --use-server-modtime")
     print("** not a peer: the requests no sync can avoid, sent by curl with no signing, hashing or writing,")
     print("   in practice one at a time: the endpoint's own cost, a lower bound for every tool (see Floor).")
-    print("*** not a peer: the floor, each object written by curl to a new file: what writing costs here.")
+    print("*** not a peer: the floor, each object written by curl to a new file: what writing cost curl here.")
     start = python_start()
     print(f"A Python process importing urllib3 and asyncio starts in {start * 1000:.0f} ms here, before any request: "
           + ", ".join(f"{start / times['floor']:.1%} of ({name})'s floor" for name, times in results.items()

@@ -11,10 +11,10 @@ The limit follows the latency gradient, as TCP Vegas does: the time to an answer
 byte, against the shortest seen. A sync starts with one request in flight, so the first
 window measures the store unqueued (a baseline taken with requests already queued would
 hold the limit above what the store serves; the price is that a sync's first few GETs go
-one at a time). While answers stay near that, the store is not
-queueing, and the limit grows by half (at least one) each window, as TCP's slow start
-does. When they rise with the limit, the store is queueing, and the limit shrinks toward
-what the store serves at once, plus QUEUE waiting.
+one at a time). While answers stay near that, the store is not queueing, and the limit
+grows by half (at least one) each window, as TCP's slow start does. When they rise with
+the limit, the store is queueing, and the limit shrinks toward what the store serves at
+once, plus QUEUE waiting.
 
 Workers hold a slot across their requests (`keep` between two) instead of taking one per
 request: a slot handed from thread to thread at every request costs a wake-up and a GIL
