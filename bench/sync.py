@@ -145,6 +145,10 @@ class Tool:
         """Where the model's version directories end up under `dest`."""
         return dest
 
+    def writes(self, ds: Dataset) -> bool:
+        """Whether a run on `ds` leaves the data set's files under `dest` (checked after it)."""
+        return True
+
 
 class Ours(Tool):
     def command(self, endpoint, ds, dest, work):
@@ -217,25 +221,29 @@ class Floor(Tool):
     def command(self, endpoint, ds, dest, work):
         auth = ('header = "Authorization: AWS4-HMAC-SHA256 Credential=x/20260101/us-east-1/s3/aws4_request, '
                 'SignedHeaders=host, Signature=0"\n')
+        # (URL, the object's key under <name>/model/, or None for a listing page)
         if ds.noop:
-            urls = [f"{endpoint}/{BUCKET}/?list-type=2&prefix={ds.name}/model/{v}/"
+            urls = [(f"{endpoint}/{BUCKET}/?list-type=2&prefix={ds.name}/model/{v}/", None)
                     for v in sorted({k.split("/")[0] for k in ds.files})]
         else:
             # Every listing page (each page after the first starts after the previous
             # page's last key, as its continuation token would), then every object.
             keys = sorted(ds.files)
-            urls = [f"{endpoint}/{BUCKET}/?list-type=2&prefix={ds.name}/model/"
-                    + (f"&start-after={ds.name}/model/{keys[i - 1]}" if i else "")
+            urls = [(f"{endpoint}/{BUCKET}/?list-type=2&prefix={ds.name}/model/"
+                     + (f"&start-after={ds.name}/model/{keys[i - 1]}" if i else ""), None)
                     for i in range(0, len(keys), 1000)]
-            urls += [f"{endpoint}/{BUCKET}/{ds.name}/model/{k}" for k in keys]
+            urls += [(f"{endpoint}/{BUCKET}/{ds.name}/model/{k}", k) for k in keys]
         cfg = work / f"curl-{self.name}-{ds.name}.cfg"
-        cfg.write_text(auth + "".join(f'url = "{u}"\noutput = "{self.output(u, ds, dest)}"\n' for u in urls))
+        cfg.write_text(auth + "".join(f'url = "{u}"\noutput = "{self.output(key, dest)}"\n' for u, key in urls))
         dest.mkdir(parents=True, exist_ok=True)
         return ["curl", "-sSf", "-Z", "--parallel-max", "16", "--create-dirs", "-K", str(cfg)], {}
 
-    def output(self, url: str, ds: Dataset, dest: Path) -> str:
-        """Where curl writes the answer to `url`."""
+    def output(self, key: str | None, dest: Path) -> str:
+        """Where curl writes the answer for object `key` (None: a listing page)."""
         return "/dev/null"
+
+    def writes(self, ds):
+        return False
 
 
 class FloorWrites(Floor):
@@ -245,9 +253,11 @@ class FloorWrites(Floor):
     writes each file from one stream, and a tool writing a large file from several
     streams at once can do it faster (ours did, on (b))."""
 
-    def output(self, url, ds, dest):
-        prefix = f"/{BUCKET}/{ds.name}/model/"
-        return str(dest / url.split(prefix, 1)[1]) if prefix in url and "?" not in url else "/dev/null"
+    def output(self, key, dest):
+        return "/dev/null" if key is None else str(dest / key)
+
+    def writes(self, ds):
+        return not ds.noop
 
 
 TOOLS = {
@@ -303,8 +313,8 @@ def same_memory_state(nbytes: int) -> None:
 
 
 def check(tool: Tool, ds: Dataset, dest: Path) -> None:
-    if isinstance(tool, Floor) and (ds.noop or not isinstance(tool, FloorWrites)):
-        return  # nothing was written
+    if not tool.writes(ds):
+        return
     root = tool.tree(dest)
     files = [p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     count, size = len(files), sum(p.stat().st_size for p in files)
@@ -394,7 +404,7 @@ def main() -> int:
         moto.stop()
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    missed = report(results, endpoint_cpu, chosen, agent_cpu)
+    missed = report(results, endpoint_cpu, chosen, agent_cpu, python_start())
     return 1 if missed else 0
 
 
@@ -433,8 +443,8 @@ def agent_noop_cpu(endpoint: str, ds: Dataset, dest: Path) -> tuple[float, float
 
 
 def report(results: dict[str, dict[str, float]], endpoint_cpu: dict[str, dict[str, float]], tools: list[Tool],
-           agent_cpu: tuple[float, float] | None) -> list[str]:
-    """Print the table; returns the missed targets, each named."""
+           agent_cpu: tuple[float, float] | None, start: float) -> list[str]:
+    """Print the table (`start`: seconds of a bare Python start); returns the missed targets, each named."""
     missed = []
     print()
     print(f"{'dataset':28s} " + " ".join(f"{t.label:>22s}" for t in tools)
@@ -464,7 +474,6 @@ def report(results: dict[str, dict[str, float]], endpoint_cpu: dict[str, dict[st
     print("** not a peer: the requests no sync can avoid, sent by curl with no signing, hashing or writing,")
     print("   in practice one at a time: the endpoint's own cost, a lower bound for every tool (see Floor).")
     print("*** not a peer: the floor, each object written by curl to a new file: what writing cost curl here.")
-    start = python_start()
     print(f"A Python process importing urllib3 and asyncio starts in {start * 1000:.0f} ms here, before any request: "
           + ", ".join(f"{start / times['floor']:.1%} of ({name})'s floor" for name, times in results.items()
                       if times.get("floor")) + ".")

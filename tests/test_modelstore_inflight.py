@@ -113,9 +113,11 @@ def test_a_worker_keeps_its_slot_while_the_limit_allows_and_gives_it_up_when_the
     for t in threads:
         t.start()
     entered.wait(timeout=10)  # four slots held, as the limit allows
-    while limit.limit > 2:  # the store starts queueing: answers far slower than the shortest seen
+    for _ in range(MIN_WINDOW):  # the shortest answers
+        limit.observe(0.001)
+    while limit.limit > 2:  # the store starts queueing: answers far slower than those
         for _ in range(MIN_WINDOW):
-            limit.observe(0.001 if limit._shortest is None else 0.004)
+            limit.observe(0.004)
     assert limit.limit == 2
     next_request.set()
     with lock:  # two go on with their slots; the other two give theirs up and wait

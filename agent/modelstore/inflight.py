@@ -61,9 +61,13 @@ class InFlightLimit:
 
     def __enter__(self) -> InFlightLimit:
         with self._cond:
-            self._cond.wait_for(lambda: self._in_flight < int(self._limit))
-            self._in_flight += 1
+            self._take()
         return self
+
+    def _take(self) -> None:
+        # Under self._cond: wait until the limit has room, then hold one more slot.
+        self._cond.wait_for(lambda: self._in_flight < int(self._limit))
+        self._in_flight += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
@@ -77,8 +81,7 @@ class InFlightLimit:
             if self._in_flight <= int(self._limit):
                 return
             self._in_flight -= 1
-            self._cond.wait_for(lambda: self._in_flight < int(self._limit))
-            self._in_flight += 1
+            self._take()
 
     def observe(self, seconds: float) -> None:
         """Record one answer's time to first byte; every window, move the limit."""
